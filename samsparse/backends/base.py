@@ -1,0 +1,230 @@
+"""The backend contract: one ``attend`` function, one ``why_not`` question.
+
+Every backend computes
+
+    out[b, h, i] = sum_j softmax_j(scale * <q_i, k_j> + bias[i, j]) * v_j
+
+over the key tokens j that ``mask`` allows for query i, where ``bias`` is SAM's
+decomposed rel-pos term (``rel_pos``) or 0. Inputs:
+
+- q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] with H % Hkv == 0 (GQA/MQA); any
+  strides (views straight out of the qkv projection are fine); one dtype.
+- mask: a :class:`~samsparse.masks.BlockMask` or None (dense).
+- rel_pos: a :class:`~samsparse.relpos.RelPos` or None.
+- scale: softmax scale, default D ** -0.5.
+- return_lse: also return the natural-log LSE, float32 [B, H, Nq] (-inf for a
+  query that reads no key).
+
+Output: [B, H, Nq, D] in q's dtype (a fresh tensor; its layout may differ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+
+from ..masks.block_mask import BlockMask
+from ..relpos import RelPos
+
+__all__ = ["Backend", "AttentionCall", "check_inputs", "UnsupportedCall"]
+
+
+class UnsupportedCall(NotImplementedError):
+    """Raised when a backend is asked to run a call it cannot run (with the reason)."""
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """Shapes, dtype and features of one attention call: what ``why_not`` looks at."""
+
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    heads: int
+    kv_heads: int
+    nq: int
+    nk: int
+    head_dim: int
+    layout: str | None  # None when dense
+    has_rel_pos: bool
+    rel_pos_tables: bool
+    return_lse: bool
+
+    @classmethod
+    def of(
+        cls,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: BlockMask | None,
+        rel_pos: RelPos | None,
+        return_lse: bool,
+    ) -> "AttentionCall":
+        return cls(
+            device=q.device,
+            dtype=q.dtype,
+            batch=q.shape[0],
+            heads=q.shape[1],
+            kv_heads=k.shape[1],
+            nq=q.shape[2],
+            nk=k.shape[2],
+            head_dim=q.shape[3],
+            layout=None if mask is None else mask.layout,
+            has_rel_pos=rel_pos is not None,
+            rel_pos_tables=rel_pos is not None and rel_pos.has_tables,
+            return_lse=return_lse,
+        )
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockMask | None,
+    rel_pos: RelPos | None,
+) -> None:
+    """Validate a call at the boundary; raise TypeError/ValueError saying how to fix it."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, N, D], got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    b, h, nq, d = q.shape
+    if k.shape != v.shape[:3] + (k.shape[3],) or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must agree in [B, Hkv, Nk], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != b:
+        raise ValueError(f"k/v batch {k.shape[0]} does not match q batch {b}")
+    if k.shape[3] != d:
+        raise ValueError(f"k head dim {k.shape[3]} does not match q head dim {d}")
+    if v.shape[3] != d:
+        raise ValueError(f"v head dim {v.shape[3]} differs from q/k head dim {d}; samsparse needs one head dim")
+    hkv = k.shape[1]
+    if h % hkv != 0:
+        raise ValueError(f"q has {h} heads, k/v have {hkv}: the q heads must be a multiple of the k/v heads")
+    nk = k.shape[2]
+    if mask is not None:
+        if not isinstance(mask, BlockMask):
+            raise TypeError(f"mask must be a samsparse BlockMask or None, got {type(mask).__name__}")
+        mask.check_sequence(nq, nk)
+        mask.validate(b, h)
+    if rel_pos is not None:
+        if not isinstance(rel_pos, RelPos):
+            raise TypeError(f"rel_pos must be a samsparse RelPos or None, got {type(rel_pos).__name__}")
+        rel_pos.validate(q, nk)
+
+
+@dataclass
+class Backend:
+    """A named attention implementation behind the common contract.
+
+    Subclasses set ``name`` and ``priority`` (higher wins in ``auto``), implement
+    :meth:`_why_not` (a readable reason, or None if the call is supported) and
+    :meth:`_attend`.
+    """
+
+    name: ClassVar[str] = "base"
+    priority: ClassVar[int] = 0
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    head_dims: ClassVar[str] = "any"
+    devices: ClassVar[str] = "any"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        pass
+
+    def is_available(self) -> str | None:
+        """None if the backend can run on this machine at all, else why not."""
+        return None
+
+    def _why_not(self, call: AttentionCall) -> str | None:
+        return None
+
+    def why_not(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor | None = None,
+        mask: BlockMask | None = None,
+        rel_pos: RelPos | None = None,
+        scale: float | None = None,
+        return_lse: bool = False,
+    ) -> str | None:
+        """None if this backend can run the call, else a one-line reason."""
+        reason = self.is_available()
+        if reason is not None:
+            return reason
+        if q.dtype not in self.dtypes:
+            return f"{self.name} does not support dtype {q.dtype} (supports {', '.join(str(d) for d in self.dtypes)})"
+        return self._why_not(AttentionCall.of(q, k, mask, rel_pos, return_lse))
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: BlockMask | None = None,
+        rel_pos: RelPos | None = None,
+        scale: float | None = None,
+        return_lse: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run attention (see the module docstring for the contract)."""
+        check_inputs(q, k, v, mask, rel_pos)
+        reason = self.why_not(q, k, v, mask, rel_pos, scale, return_lse)
+        if reason is not None:
+            raise UnsupportedCall(f"backend {self.name!r} cannot run this call: {reason}")
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        return self._attend(q, k, v, mask, rel_pos, scale, return_lse)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: BlockMask | None,
+        rel_pos: RelPos | None,
+        scale: float,
+        return_lse: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """A row for the backends table."""
+        return {
+            "name": self.name,
+            "available": self.is_available() is None,
+            "why_not": self.is_available() or "",
+            "devices": self.devices,
+            "dtypes": ", ".join(str(d).replace("torch.", "") for d in self.dtypes),
+            "head_dims": self.head_dims,
+        }
+
+
+BackendFactory = Callable[[], Backend]
+
+
+def expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Repeat GQA/MQA key/value heads [B, Hkv, N, D] to [B, heads, N, D] (a view when Hkv == 1)."""
+    hkv = t.shape[1]
+    if hkv == heads:
+        return t
+    if hkv == 1:
+        return t.expand(-1, heads, -1, -1)
+    return t.repeat_interleave(heads // hkv, dim=1)
+
+
+def token_mask_for(mask: BlockMask | None, device: torch.device) -> torch.Tensor | None:
+    """Cached dense token mask [B', H', Nq, Nk] on ``device`` (None when dense)."""
+    if mask is None:
+        return None
+    cache = mask._flex_cache
+    key = ("token_mask", device)
+    if key not in cache:
+        cache[key] = mask.to_token_mask(device)
+    return cache[key]
