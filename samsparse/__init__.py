@@ -1,8 +1,20 @@
 """samsparse: block-sparse, rel-pos-fused attention for Segment Anything's image encoder."""
 
+from .attention import SparseAttention
 from .backends import attend
 from .masks import BlockMask
+from .patch import PatchConfig, patch, patch_config, unpatch
 from .relpos import RelPos
 
 __version__ = "0.1.0"
-__all__ = ["BlockMask", "RelPos", "attend", "__version__"]
+__all__ = [
+    "BlockMask",
+    "PatchConfig",
+    "RelPos",
+    "SparseAttention",
+    "attend",
+    "patch",
+    "patch_config",
+    "unpatch",
+    "__version__",
+]

@@ -1,0 +1,229 @@
+"""SparseAttention: a drop-in for SAM's (and timm's SAM ViT) encoder attention.
+
+It keeps the original parameter names (``qkv``, ``proj``, ``rel_pos_h``,
+``rel_pos_w``) so any original state_dict loads into it, takes the same input
+``[B, H, W, C]`` and returns the same output, and hands q/k/v (strided views of
+the qkv projection), the rel-pos tables and a block mask to a backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backends import registry
+from .backends.base import Backend
+from .masks.block_mask import BlockMask
+from .relpos import RelPos
+
+__all__ = ["SparseAttention", "MaskSource", "is_sam_attention"]
+
+log = logging.getLogger(__name__)
+
+
+def is_sam_attention(module: nn.Module) -> bool:
+    """True for modules shaped like SAM's encoder attention (found by structure, not class).
+
+    That is: a ``qkv`` Linear of width 3*dim, a ``proj`` Linear, ``num_heads``, and
+    ``use_rel_pos`` (with ``rel_pos_h``/``rel_pos_w`` when it is set). Covers
+    segment_anything, timm's SAM ViT and models that vendor SAM's encoder.
+    """
+    if isinstance(module, SparseAttention):
+        return False
+    qkv = getattr(module, "qkv", None)
+    proj = getattr(module, "proj", None)
+    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
+        return False
+    if not isinstance(getattr(module, "num_heads", None), int) or not hasattr(module, "use_rel_pos"):
+        return False
+    if qkv.out_features != 3 * qkv.in_features:
+        return False
+    if module.use_rel_pos and not (hasattr(module, "rel_pos_h") and hasattr(module, "rel_pos_w")):
+        return False
+    return True
+
+
+class MaskSource:
+    """Where a patched module gets its block mask for one call.
+
+    Holds a mask recipe (or a fixed BlockMask, or None for dense) and caches the
+    mask built for each (grid, heads, device), so every patched block of a model
+    that shares this source uses one mask object: built once, never per call.
+    """
+
+    def __init__(self, mask: Any = None) -> None:
+        self.fixed: BlockMask | None = None
+        self.recipe = None
+        if isinstance(mask, BlockMask):
+            self.fixed = mask
+        elif mask is not None and not (isinstance(mask, str) and mask.strip() in ("", "dense")):
+            from .masks import parse_recipe
+
+            recipe = parse_recipe(mask)
+            self.recipe = None if recipe.name == "dense" else recipe
+        self._cache: dict[tuple, BlockMask | None] = {}
+
+    @property
+    def is_dense(self) -> bool:
+        return self.fixed is None and self.recipe is None
+
+    def describe(self) -> str | None:
+        """The recipe string stored in configs (None when dense, 'fixed' for a tensor mask)."""
+        if self.recipe is not None:
+            return str(self.recipe)
+        if self.fixed is not None:
+            return "fixed"
+        return None
+
+    def get(self, grid: tuple[int, int], heads: int, q: torch.Tensor, k: torch.Tensor) -> BlockMask | None:
+        """The BlockMask for attention over a token ``grid`` with ``heads`` heads (None = dense)."""
+        if self.is_dense:
+            return None
+        if self.fixed is not None:
+            n = grid[0] * grid[1]
+            if self.fixed.seq_len != (n, n):
+                raise ValueError(
+                    f"the fixed mask was built for seq_len {self.fixed.seq_len}, but this block attends over "
+                    f"a {grid[0]}x{grid[1]} grid ({n} tokens); pass a mask recipe instead so each block "
+                    "gets a mask for its own grid"
+                )
+            return self.fixed.to(q.device)
+        if self.recipe.is_dynamic:
+            return self.recipe.build_dynamic(q, k, grid)
+        key = (tuple(grid), heads, q.device)
+        if key not in self._cache:
+            self._cache[key] = self.recipe.build(grid=tuple(grid), num_heads=heads, device=q.device)
+        return self._cache[key]
+
+
+class SparseAttention(nn.Module):
+    """Multi-head attention with SAM's decomposed rel-pos, run by a samsparse backend.
+
+    Args:
+        dim: channels C.
+        num_heads: heads H (head dim D = C // H).
+        qkv_bias: bias in the qkv projection.
+        use_rel_pos: add SAM's decomposed relative-position bias.
+        input_size: (h, w) the rel-pos tables were trained for (tables have 2*h-1 / 2*w-1 rows).
+        mask: None / "dense", a mask recipe (str or dict), a MaskRecipe, a BlockMask,
+            or a shared :class:`MaskSource`.
+        backend: backend name ("auto", "triton", "sdpa", ...) or a Backend.
+
+    Input and output: [B, H, W, C] (windows already partitioned by the block).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+        mask: Any = None,
+        backend: str | Backend = "auto",
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size=(h, w) is needed when use_rel_pos=True")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+        self.mask_source = mask if isinstance(mask, MaskSource) else MaskSource(mask)
+        self.backend = backend
+        object.__setattr__(self, "_original", None)
+        self._chosen: dict[tuple, Backend] = {}
+
+    @classmethod
+    def from_attention(
+        cls,
+        attn: nn.Module,
+        mask: Any = None,
+        backend: str | Backend = "auto",
+    ) -> "SparseAttention":
+        """Wrap an existing SAM/timm attention module, sharing its parameters and submodules."""
+        if not is_sam_attention(attn):
+            raise TypeError(f"{type(attn).__name__} does not look like SAM's encoder attention (qkv, proj, rel_pos_h/w)")
+        if getattr(attn, "rope", None) is not None:
+            raise ValueError("attention with rotary embeddings (rope) is not supported; patch SAM-style rel-pos blocks only")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.num_heads = attn.num_heads
+        new.scale = float(getattr(attn, "scale", (attn.qkv.in_features // attn.num_heads) ** -0.5))
+        new.use_rel_pos = bool(attn.use_rel_pos)
+        # every submodule and parameter keeps its name, so state_dict keys do not change
+        for name, child in attn.named_children():
+            setattr(new, name, child)
+        for name, param in attn.named_parameters(recurse=False):
+            setattr(new, name, param)
+        for name, buf in attn.named_buffers(recurse=False):
+            new.register_buffer(name, buf)
+        new.mask_source = mask if isinstance(mask, MaskSource) else MaskSource(mask)
+        new.backend = backend
+        object.__setattr__(new, "_original", attn)  # kept out of the module tree and the state_dict
+        new._chosen = {}
+        new.training = attn.training
+        return new
+
+    def to_original(self) -> nn.Module:
+        """The original module class holding this module's current parameters (for unpatch)."""
+        if self._original is None:
+            raise ValueError("this SparseAttention was not made from an existing module; nothing to restore")
+        orig = self._original
+        for name, child in self.named_children():
+            setattr(orig, name, child)
+        for name, param in self.named_parameters(recurse=False):
+            setattr(orig, name, param)
+        orig.train(self.training)
+        return orig
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, mask={self.mask_source.describe() or 'dense'}, backend={self.backend!r}"
+
+    def _backend_for(self, q, k, v, mask, rel_pos) -> Backend:
+        key = (q.shape, k.shape, q.dtype, q.device, id(mask) if mask is not None else None)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            chosen = registry.select(q, k, v, mask, rel_pos, self.scale, backend=self.backend)
+            if len(self._chosen) > 64:  # bounded: varying input sizes must not grow memory
+                self._chosen.clear()
+            self._chosen[key] = chosen
+            log.debug("attention %s on %s uses backend %s", tuple(q.shape), q.device, chosen.name)
+        return chosen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]."""
+        if x.dim() != 4:
+            raise ValueError(f"SparseAttention expects [B, H, W, C] input, got {tuple(x.shape)}")
+        b, gh, gw, _ = x.shape
+        n = gh * gw
+        # q, k, v: [B, heads, N, D], strided views of the projection (no copies)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q_norm = getattr(self, "q_norm", None)
+        if q_norm is not None and not isinstance(q_norm, nn.Identity):
+            q, k = q_norm(q), self.k_norm(k)
+        rel_pos = RelPos.from_tables(self.rel_pos_h, self.rel_pos_w, (gh, gw)) if self.use_rel_pos else None
+        if rel_pos is not None and rel_pos.rh.dtype != q.dtype:
+            rel_pos.rh, rel_pos.rw = rel_pos.rh.to(q.dtype), rel_pos.rw.to(q.dtype)
+        mask = self.mask_source.get((gh, gw), self.num_heads, q, k)
+        backend = self._backend_for(q, k, v, mask, rel_pos)
+        out = backend.attend(q, k, v, mask, rel_pos, self.scale)
+        out = out.transpose(1, 2).reshape(b, gh, gw, -1)
+        attn_drop = getattr(self, "attn_drop", None)
+        if attn_drop is not None and self.training and attn_drop.p > 0:
+            log.warning("attention dropout is not applied by samsparse backends (p=%s)", attn_drop.p)
+        out = self.proj(out)
+        proj_drop = getattr(self, "proj_drop", None)
+        if proj_drop is not None:
+            out = proj_drop(out)
+        return out
