@@ -2,6 +2,7 @@
 
 from .attention import SparseAttention
 from .backends import attend
+from .checkpoints.patched import load, save
 from .masks import BlockMask
 from .patch import PatchConfig, patch, patch_config, unpatch
 from .relpos import RelPos
@@ -13,6 +14,8 @@ __all__ = [
     "RelPos",
     "SparseAttention",
     "attend",
+    "load",
+    "save",
     "patch",
     "patch_config",
     "unpatch",

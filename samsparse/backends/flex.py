@@ -9,6 +9,7 @@ recompile per layer.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -77,6 +78,13 @@ def _flex_relpos_call(q, k, v, block_mask, rel_h, rel_w, scale: float, grid_w: i
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + rel_h[b, h, q_idx, kv_idx // grid_w] + rel_w[b, h, q_idx, kv_idx % grid_w]
 
+    aux_request = getattr(fa, "AuxRequest", None)
+    if return_lse and aux_request is not None:
+        out, aux = fa.flex_attention(
+            q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+            return_aux=aux_request(lse=True),
+        )
+        return out, aux.lse
     return fa.flex_attention(
         q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa, return_lse=return_lse
     )
@@ -130,7 +138,10 @@ class FlexBackend(Backend):
         if rel_pos is not None:
             rel_h, rel_w = rel_pos.terms(q)
             grid_w = rel_pos.k_grid[1]
-        res = self._fn(q.device)(q, k, v, block_mask, rel_h, rel_w, scale, grid_w, gqa, return_lse)
+        with warnings.catch_warnings():
+            # eager flex on the CPU is intentional (no compiler needed); its advice to compile is noise here
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            res = self._fn(q.device)(q, k, v, block_mask, rel_h, rel_w, scale, grid_w, gqa, return_lse)
         if return_lse:
             out, lse = res
             return out, lse.float()

@@ -1,0 +1,160 @@
+"""Every PyTorch backend against the float64 reference, plus registry and selection."""
+
+import math
+
+import pytest
+import torch
+
+from samsparse import backends
+from samsparse.backends import UnsupportedCall, get
+from samsparse.masks import BlockMask
+from samsparse.relpos import RelPos
+
+PYTORCH_BACKENDS = ["sdpa", "flex"]
+
+
+def make_case(seed, b, h, hkv, grid, d, dtype, mask_kind, rel, block=16):
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    q = torch.randn(b, h, n, d, generator=g).to(dtype)
+    k = torch.randn(b, hkv, n, d, generator=g).to(dtype)
+    v = torch.randn(b, hkv, n, d, generator=g).to(dtype)
+    mask = None
+    if mask_kind == "random":
+        m = math.ceil(n / block)
+        blocks = torch.rand(b, h, m, m, generator=g) > 0.5
+        blocks[..., 0] = True
+        mask = BlockMask(blocks, block, n)
+    elif mask_kind == "broadcast":
+        m = math.ceil(n / block)
+        blocks = torch.rand(1, h, m, m, generator=g) > 0.6
+        blocks |= torch.eye(m, dtype=torch.bool)
+        mask = BlockMask(blocks, block, n)
+    elif mask_kind == "empty_rows":
+        m = math.ceil(n / block)
+        blocks = torch.rand(b, 1, m, m, generator=g) > 0.5
+        blocks[:, :, 1] = False
+        mask = BlockMask(blocks, block, n, allow_empty_rows=True)
+    elif mask_kind == "tiles":
+        th, tw = 3, 4
+        mt = math.ceil(grid[0] / th) * math.ceil(grid[1] / tw)
+        blocks = torch.rand(1, h, mt, mt, generator=g) > 0.5
+        blocks |= torch.eye(mt, dtype=torch.bool)
+        mask = BlockMask(blocks, None, None, layout="tiles", grid=grid, tile=(th, tw))
+    rel_pos = None
+    if rel != "none":
+        rel_pos = RelPos.from_tables(
+            torch.randn(2 * grid[0] - 1, d, generator=g).to(dtype), torch.randn(2 * grid[1] - 1, d, generator=g).to(dtype), grid
+        )
+        if rel == "terms":
+            rh, rw = rel_pos.terms(q)
+            rel_pos = RelPos(grid, grid, rel_h=rh, rel_w=rw)
+    return q, k, v, mask, rel_pos
+
+
+CASES = [
+    # b, h, hkv, grid, d, mask, rel
+    (2, 3, 3, (5, 7), 16, "none", "none"),
+    (2, 3, 3, (5, 7), 16, "random", "tables"),
+    (1, 4, 4, (6, 6), 32, "broadcast", "terms"),
+    (2, 2, 2, (7, 9), 64, "tiles", "tables"),
+    (2, 2, 2, (5, 7), 80, "empty_rows", "tables"),
+    (1, 4, 2, (4, 10), 32, "random", "tables"),  # GQA
+    (1, 4, 1, (6, 5), 16, "broadcast", "none"),  # MQA
+]
+
+
+@pytest.mark.parametrize("backend", PYTORCH_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[5]}-{c[6]}-d{c[4]}-h{c[1]}/{c[2]}" for c in CASES])
+def test_fp32_matches_reference(backend, case):
+    q, k, v, mask, rel_pos = make_case(7, *case[:4], case[4], torch.float32, case[5], case[6])
+    ref, ref_lse = get("reference").attend(q, k, v, mask, rel_pos, return_lse=True)
+    out, lse = get(backend).attend(q, k, v, mask, rel_pos, return_lse=True)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    err = (out - ref).abs().max().item()
+    assert err <= 2e-5, f"max abs err {err}"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert (lse[finite] - ref_lse[finite]).abs().max().item() <= 2e-5
+    if case[5] == "empty_rows":
+        assert torch.isneginf(ref_lse).any() and (out[~finite] == 0).all()
+
+
+@pytest.mark.parametrize("backend", PYTORCH_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_within_torch_own_error(backend, dtype):
+    q, k, v, mask, rel_pos = make_case(11, 2, 2, 2, (8, 8), 32, dtype, "random", "tables")
+    ref = get("reference").attend(q, k, v, mask, rel_pos).double()
+    # PyTorch's own low-precision error for the same math: SAM's eager attention in ``dtype``
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + rel_pos.bias(q)
+    scores = scores.masked_fill(~mask.to_token_mask(), float("-inf"))
+    lowp = (scores.softmax(-1) @ v).double()
+    err_torch = (lowp - ref).abs().max().item()
+    out = get(backend).attend(q, k, v, mask, rel_pos).double()
+    err = (out - ref).abs().max().item()
+    assert err <= 2 * err_torch + 1e-2, f"{backend} err {err} vs torch {err_torch}"
+
+
+def test_strided_inputs_from_qkv_projection():
+    g = torch.Generator().manual_seed(0)
+    b, n, h, d = 2, 30, 3, 16
+    qkv = torch.randn(b, n, 3, h, d, generator=g)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    assert not q.is_contiguous()
+    ref = get("reference").attend(q.contiguous(), k.contiguous(), v.contiguous())
+    for name in PYTORCH_BACKENDS:
+        assert (get(name).attend(q, k, v) - ref).abs().max() <= 2e-5
+
+
+def test_input_errors_name_the_argument():
+    q = torch.randn(1, 2, 10, 8)
+    with pytest.raises(ValueError, match=r"q must be \[B, H, N, D\]"):
+        backends.attend(q[0], q, q)
+    with pytest.raises(TypeError, match="one dtype"):
+        backends.attend(q, q.double(), q)
+    with pytest.raises(ValueError, match="multiple of the k/v heads"):
+        backends.attend(torch.randn(1, 3, 10, 8), q, q)
+    with pytest.raises(ValueError, match="rebuild the mask"):
+        backends.attend(q, q, q, mask=BlockMask.full(12, 4))
+    with pytest.raises(ValueError, match="q_grid"):
+        backends.attend(q, q, q, rel_pos=RelPos.from_tables(torch.randn(5, 8), torch.randn(5, 8), (3, 3)))
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.attend(q, q, q, backend="nope")
+
+
+def test_registry_auto_selection_and_reasons():
+    assert {"reference", "sdpa", "flex"} <= set(backends.available())
+    q = torch.randn(1, 2, 10, 8)
+    chosen = backends.select(q, q, q)
+    assert chosen.name != "reference"
+    assert backends.select(q, q, q, backend="sdpa").name == "sdpa"
+    # flex refuses float64; asking for it by name gives the reason, auto falls back
+    qd = q.double()
+    assert "dtype" in get("flex").why_not(qd, qd, qd)
+    with pytest.raises(ValueError, match="cannot run this call"):
+        backends.select(qd, qd, qd, backend="flex")
+    assert backends.select(qd, qd, qd).name in ("sdpa", "reference")
+    with pytest.raises(UnsupportedCall):
+        get("flex").attend(qd, qd, qd)
+    rows = backends.backend_table()
+    assert {"name", "available", "why_not", "dtypes", "head_dims"} <= set(rows[0])
+
+
+def test_flex_compiles_once_for_all_global_blocks():
+    """Patching every global block of a model must not recompile per layer."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from samsparse.backends.flex import FlexBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    flex = FlexBackend(options={"compile": True, "compile_backend": counter})
+    grid = (6, 8)
+    blocks = (torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(0)) > 0.3) | torch.eye(3, dtype=torch.bool)
+    mask = BlockMask(blocks, 16, 48)
+    for layer in range(4):  # four "layers": new tensors, same shapes and mask
+        q, k, v, _, rel_pos = make_case(layer, 1, 2, 2, grid, 16, torch.float32, "none", "tables")
+        out = flex.attend(q, k, v, mask, rel_pos)
+        ref = get("reference").attend(q, k, v, mask, rel_pos)
+        assert (out - ref).abs().max() <= 1e-4
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times"
