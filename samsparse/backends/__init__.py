@@ -30,7 +30,11 @@ def _register_kernels() -> None:
                 continue  # backend package not present in this build
             logging.getLogger(__name__).debug("backend %s not importable: %s", module, exc)
             continue
-        register(module, getattr(mod, cls))
+        factory = getattr(mod, cls, None)
+        if factory is None:
+            logging.getLogger(__name__).warning("backend module %s defines no %s; not registered", module, cls)
+            continue
+        register(module, factory)
 
 
 _register_kernels()

@@ -146,6 +146,10 @@ class Backend:
     def _why_not(self, call: AttentionCall) -> str | None:
         return None
 
+    def auto_skip_reason(self, q: torch.Tensor) -> str | None:
+        """Why ``auto`` should pass over this backend for a call on q's device (it still runs by name)."""
+        return None
+
     def why_not(
         self,
         q: torch.Tensor,

@@ -115,6 +115,11 @@ class FlexBackend(Backend):
             return "empty sequence"
         return None
 
+    def auto_skip_reason(self, q: torch.Tensor) -> str | None:
+        if not self._use_compile(q.device):
+            return "flex runs unfused (eager) here; sdpa is faster"
+        return None
+
     def _use_compile(self, device: torch.device) -> bool:
         return bool(self.options.get("compile", device.type == "cuda"))
 

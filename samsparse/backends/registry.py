@@ -81,7 +81,7 @@ def select(
         if name in exclude:
             continue
         candidate = get(name)
-        reason = candidate.why_not(q, k, v, mask, rel_pos, scale, return_lse)
+        reason = candidate.why_not(q, k, v, mask, rel_pos, scale, return_lse) or candidate.auto_skip_reason(q)
         if reason is None:
             return candidate
         reasons.append(f"{name}: {reason}")

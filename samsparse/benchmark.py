@@ -1,0 +1,274 @@
+"""Encoder benchmark: the original SAM image encoder against patched ones, in one run.
+
+Used by ``scripts/bench_encoder.py`` (the full table recorded in
+benchmarks/RESULTS.md) and ``samsparse bench`` (a quick table on the user's
+device). Every number is measured in the same process, against baselines timed
+in that process, with the same inputs and the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .patch import patch, patch_config
+
+__all__ = ["EncoderResult", "build_encoder", "bench_encoder", "quick_table", "time_fn", "ENCODER_CONFIGS", "markdown_table"]
+
+log = logging.getLogger(__name__)
+
+ENCODER_CONFIGS: dict[str, dict[str, Any]] = {
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    "tiny": dict(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3)),
+}
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class EncoderResult:
+    """One row of the encoder table."""
+
+    model: str
+    variant: str
+    batch: int
+    dtype: str
+    ms: float  # median time of one forward pass of the batch
+    ms_p90: float
+    images_per_s: float
+    peak_mem_gb: float
+    max_dev: float  # max |embedding - original fp32 embedding|
+    rel_dev: float  # ||embedding - original fp32|| / ||original fp32||
+    first_call_s: float
+    speedup: float = float("nan")  # images/s over the original eager encoder in the same dtype
+    backend: str = ""
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_encoder(model_type: str = "vit_b", img_size: int = 1024, seed: int = 0) -> nn.Module:
+    """segment_anything's ImageEncoderViT of an official size with seeded random weights.
+
+    The rel-pos tables are randomised (zero in a fresh SAM) so the bias matters
+    in every comparison. Speed does not depend on the weights' values.
+    """
+    from segment_anything.modeling import ImageEncoderViT
+
+    if model_type not in ENCODER_CONFIGS:
+        raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(ENCODER_CONFIGS)}")
+    cfg = ENCODER_CONFIGS[model_type]
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        enc = ImageEncoderViT(
+            img_size=img_size, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=14,
+            out_chans=256, norm_layer=lambda d: nn.LayerNorm(d, eps=1e-6), **cfg,
+        )
+    enc = enc.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if p.dim() >= 2 and "rel_pos" not in name and "pos_embed" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / math.sqrt(p[0].numel())))
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02 if "bias" in name else torch.randn(p.shape, generator=g) * 0.1)
+    return enc.eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeat: int = 10) -> tuple[float, float]:
+    """Median and p90 time of ``fn()`` in milliseconds (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(math.ceil(0.9 * len(times))) - 1)]
+
+
+def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The encoder for one table row: 'original', 'sdpa', 'dense', or 'sparse:<recipe>[@all]'."""
+    model = copy.deepcopy(base)
+    if variant == "original":
+        pass
+    elif variant == "sdpa":
+        patch(model, backend="sdpa", blocks="all")
+    elif variant == "dense":
+        patch(model, backend="auto", blocks="all")
+    elif variant.startswith("sparse:"):
+        recipe = variant[len("sparse:"):]
+        blocks = "global"
+        if recipe.endswith("@all"):
+            recipe, blocks = recipe[: -len("@all")], "all"
+        if blocks == "all":
+            # windowed blocks stay dense: the recipe applies to the global blocks
+            patch(model, backend="auto", blocks="all")
+            from .attention import MaskSource
+
+            source = MaskSource(recipe)
+            for blk in model.blocks:
+                blk.attn.mask_source = source
+        else:
+            patch(model, mask=recipe, backend="auto", blocks="all")
+            windowed = [i for i, b in enumerate(model.blocks) if b.window_size > 0]
+            from .attention import MaskSource
+
+            dense = MaskSource(None)
+            for i in windowed:
+                model.blocks[i].attn.mask_source = dense
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _backends_used(model: nn.Module) -> str:
+    from .attention import SparseAttention
+
+    names = sorted({b.name for m in model.modules() if isinstance(m, SparseAttention) for b in m._chosen.values()})
+    return ",".join(names)
+
+
+def bench_encoder(
+    model_type: str = "vit_b",
+    batch_sizes: Sequence[int] = (1, 8),
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: torch.device | str | None = None,
+    variants: Sequence[str] = ("original", "sdpa", "dense"),
+    img_size: int = 1024,
+    warmup: int = 3,
+    repeat: int = 10,
+    reference_fp32: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[EncoderResult]:
+    """Time the original encoder and patched variants on one device, same inputs, same weights.
+
+    Args:
+        model_type: "vit_b", "vit_l", "vit_h" (or "tiny" for tests).
+        batch_sizes: images per forward pass.
+        dtype: compute dtype of every variant (weights cast with ``.to(dtype)``).
+        variants: "original" (segment_anything eager), "sdpa" (patched, SDPA with a
+            materialised bias: the best exact PyTorch path), "dense" (patched, fastest
+            backend), "sparse:<recipe>" (mask on the global blocks), "sparse:<recipe>@all"
+            (the recipe on every block).
+        reference_fp32: compare embeddings with the original encoder in float32
+            (else with the original in ``dtype``).
+
+    Returns:
+        One :class:`EncoderResult` per (batch, variant); ``speedup`` is images/s over
+        "original" in the same dtype and batch (when "original" is among the variants).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dtype_name = str(dtype).replace("torch.", "")
+    base = build_encoder(model_type, img_size=img_size)
+    results: list[EncoderResult] = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref_model = copy.deepcopy(base).to(device=device, dtype=torch.float32 if reference_fp32 else dtype)
+            ref = ref_model(x.to(device, ref_model.patch_embed.proj.weight.dtype)).float()
+            del ref_model
+        xin = x.to(device, dtype)
+        row_base = None
+        for variant in variants:
+            if progress:
+                progress(f"{model_type} B={batch} {variant}")
+            try:
+                model = _variant_model(base, variant, device, dtype)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    out = model(xin)
+                    _sync(device)
+                    first = time.perf_counter() - t0
+                    ms, p90 = time_fn(lambda: model(xin), device, warmup, repeat)
+                peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                diff = out.float() - ref
+                res = EncoderResult(
+                    model=model_type, variant=variant, batch=batch, dtype=dtype_name, ms=ms, ms_p90=p90,
+                    images_per_s=batch / ms * 1e3, peak_mem_gb=peak, max_dev=float(diff.abs().max()),
+                    rel_dev=float(diff.norm() / ref.norm()), first_call_s=first, backend=_backends_used(model),
+                )
+                del model, out
+            except Exception as exc:  # one failing contender must not hide the others
+                log.exception("variant %s failed", variant)
+                res = EncoderResult(model_type, variant, batch, dtype_name, *(float("nan"),) * 7, error=f"{type(exc).__name__}: {exc}")
+            if variant == "original":
+                row_base = res
+            results.append(res)
+        if row_base is not None:
+            for res in results[-len(variants):]:
+                res.speedup = res.images_per_s / row_base.images_per_s
+    return results
+
+
+def markdown_table(results: Sequence[EncoderResult]) -> str:
+    """The results as a markdown table."""
+    head = "| model | variant | B | dtype | ms (p50) | ms (p90) | img/s | x original | peak GB | max dev | rel dev | first call s | backend |"
+    lines = [head, "|" + "---|" * 13]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.model} | {r.variant} | {r.batch} | {r.dtype} | failed: {r.error[:80]} |" + " |" * 8)
+            continue
+        lines.append(
+            f"| {r.model} | {r.variant} | {r.batch} | {r.dtype} | {r.ms:.2f} | {r.ms_p90:.2f} | {r.images_per_s:.1f} | "
+            f"{r.speedup:.2f} | {r.peak_mem_gb:.2f} | {r.max_dev:.3g} | {r.rel_dev:.3g} | {r.first_call_s:.1f} | {r.backend} |"
+        )
+    return "\n".join(lines)
+
+
+def quick_table(
+    model_type: str = "vit_b",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    recipes: Sequence[str] = ("dense", "hierarchical:density=0.25"),
+    checkpoint: str | None = None,
+    image_size: int | None = None,
+) -> list[dict]:
+    """A quick table for this device (``samsparse bench``): original vs patched variants.
+
+    ``recipes``: "dense" -> the dense patched encoder, anything else -> that recipe on
+    the global blocks. On CPU the default image size drops to 256 to stay quick.
+    ``checkpoint`` is accepted for symmetry with the CLI; speed does not depend on weights,
+    so random weights of the same size are used.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    size = image_size or (1024 if device.type == "cuda" else 256)
+    variants = ["original", "sdpa"] + ["dense" if r == "dense" else f"sparse:{r}" for r in recipes]
+    repeat = 10 if device.type == "cuda" else 2
+    rows = bench_encoder(model_type, batch_sizes, dtype, device, variants, img_size=size, warmup=1, repeat=repeat)
+    return [r.to_dict() for r in rows]
