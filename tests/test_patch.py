@@ -174,3 +174,19 @@ def test_save_load_roundtrip_and_segment_anything_loads_weights(tiny_sam, image,
     torch.save(tiny_sam.state_dict(), tmp_path / "orig.pth")
     from_orig = samsparse.load(tmp_path / "orig.pth", backend="sdpa", blocks="global")
     assert patch_config(from_orig).blocks == [1]
+
+
+def test_recipe_patch_roundtrips_through_checkpoint(tiny_sam, image, tmp_path):
+    model = copy.deepcopy(tiny_sam)
+    patch(model, mask="hierarchical:density=0.5,tile=2x4", backend="sdpa")
+    path = samsparse.save(model, tmp_path / "sparse.pth")
+    loaded = samsparse.load(path)
+    assert patch_config(loaded).mask == "hierarchical:density=0.5,tile=2x4"
+    with torch.no_grad():
+        out = loaded.image_encoder(image)
+        assert torch.equal(out, model.image_encoder(image))
+        assert (out - tiny_sam.image_encoder(image)).abs().max() > 1e-4  # sparse changed the result
+    dense = samsparse.load(path, mask=None)
+    assert patch_config(dense).mask is None
+    with pytest.raises(ValueError, match="valid"):
+        patch(copy.deepcopy(tiny_sam), mask="nonsense:density=0.5")
