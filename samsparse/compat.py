@@ -589,7 +589,7 @@ def _varlen_masks(
         # Derived per-head masks are cached on the user's mask, so repeated calls with the
         # same masks reuse the derived mask's caches (indices, token masks, flex masks).
         key = ("compat_heads", tuple(hmt), allow)
-        derived = m._flex_cache.get(key)
+        derived = m._derived.get(key)
         if derived is None:
             selection = _head_selection(hmt, ms, m.device)
             blocks = _apply_selection(m.blocks, selection)
@@ -599,7 +599,7 @@ def _varlen_masks(
                 derived = BlockMask(
                     blocks, m.block_size, m.seq_len, layout=m.layout, grid=m.grid, tile=m.tile, allow_empty_rows=allow
                 )
-            m._flex_cache[key] = derived
+            m._derived[key] = derived
         try:
             derived.validate(1, heads)
         except ValueError as exc:

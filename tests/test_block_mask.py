@@ -105,3 +105,12 @@ def test_from_token_mask_roundtrip():
     mask = BlockMask(blocks, 8, (30, 20), allow_empty_rows=True)
     again = BlockMask.from_token_mask(mask.to_token_mask(), 8)
     assert again.equals(mask)
+
+
+def test_to_flex_is_cached_and_matches_token_mask():
+    blocks = torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(4)) > 0.5
+    mask = BlockMask(blocks, 16, 40, allow_empty_rows=True)
+    flex = mask.to_flex("cpu")
+    assert mask.to_flex("cpu") is flex
+    dense = flex.to_dense()  # [B, H, Mq, Mk] blocks that are computed
+    assert torch.equal(dense.bool(), blocks)

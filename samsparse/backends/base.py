@@ -227,7 +227,7 @@ def token_mask_for(mask: BlockMask | None, device: torch.device) -> torch.Tensor
     """Cached dense token mask [B', H', Nq, Nk] on ``device`` (None when dense)."""
     if mask is None:
         return None
-    cache = mask._flex_cache
+    cache = mask._derived
     key = ("token_mask", device)
     if key not in cache:
         cache[key] = mask.to_token_mask(device)

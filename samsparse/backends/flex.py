@@ -40,7 +40,7 @@ def to_flex_block_mask(mask: BlockMask, device: torch.device | str) -> Any:
     fa = _flex_module()
     device = torch.device(device)
     key = ("flex", device)
-    cache = mask._flex_cache
+    cache = mask._derived
     if key in cache:
         return cache[key]
     nq, nk = mask.seq_len

@@ -127,7 +127,7 @@ class BlockMask:
         self._indices: dict[torch.device, KVIndices] = {}
         self._token_maps: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._validated = False
-        self._flex_cache: dict = {}
+        self._derived: dict = {}  # per-device forms built by backends (token mask, flex mask, ...)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -197,6 +197,12 @@ class BlockMask:
             cached = KVIndices(counts.contiguous(), order.to(torch.int32).contiguous())
             self._indices[device] = cached
         return cached
+
+    def to_flex(self, device: torch.device | str | None = None):
+        """torch FlexAttention ``BlockMask`` for this mask (built once per device, cached)."""
+        from ..backends.flex import to_flex_block_mask
+
+        return to_flex_block_mask(self, device if device is not None else self.device)
 
     # ------------------------------------------------------------- queries
     def density(self) -> float:
