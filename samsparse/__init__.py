@@ -3,6 +3,7 @@
 from .attention import SparseAttention
 from .backends import attend
 from .checkpoints.patched import load, save
+from .fast import optimize
 from .masks import BlockMask
 from .patch import PatchConfig, patch, patch_config, unpatch
 from .relpos import RelPos
@@ -15,6 +16,7 @@ __all__ = [
     "SparseAttention",
     "attend",
     "load",
+    "optimize",
     "save",
     "patch",
     "patch_config",

@@ -191,14 +191,16 @@ class SparseAttention(nn.Module):
         return f"num_heads={self.num_heads}, mask={self.mask_source.describe() or 'dense'}, backend={self.backend!r}"
 
     def _backend_for(self, q, k, v, mask, rel_pos) -> Backend:
-        key = (q.shape, k.shape, q.dtype, q.device, id(mask) if mask is not None else None)
+        # backend support depends on shapes, dtype, device and the mask's layout, not its content
+        key = (q.shape, k.shape, q.dtype, q.device, None if mask is None else mask.layout)
         chosen = self._chosen.get(key)
         if chosen is None:
             chosen = registry.select(q, k, v, mask, rel_pos, self.scale, backend=self.backend)
             if len(self._chosen) > 64:  # bounded: varying input sizes must not grow memory
                 self._chosen.clear()
             self._chosen[key] = chosen
-            log.debug("attention %s on %s uses backend %s", tuple(q.shape), q.device, chosen.name)
+            if not torch.compiler.is_compiling():
+                log.debug("attention %s on %s uses backend %s", tuple(q.shape), q.device, chosen.name)
         return chosen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

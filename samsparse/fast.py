@@ -1,0 +1,96 @@
+"""The fast encoder path: patch every block, run the encoder in bf16/fp16, optionally compile.
+
+    sam = samsparse.load("vit_b")
+    samsparse.optimize(sam, dtype=torch.bfloat16, compile="default")
+
+The encoder's input is cast to ``dtype`` and its output back to float32 by
+forward hooks, so SAM's prompt encoder, mask decoder and predictors keep working
+unchanged. Before compiling, one eager forward fills the per-model caches (masks,
+backend choice), so ``torch.compile`` traces a single graph per input shape with
+no graph break: every block, windowed and global, shares the same custom op.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .patch import is_patched, patch
+
+__all__ = ["optimize", "encoder_of"]
+
+log = logging.getLogger(__name__)
+
+_HOOKS_ATTR = "_samsparse_cast_hooks"
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The image encoder of a Sam (``model.image_encoder``), or the model itself if it is one."""
+    enc = getattr(model, "image_encoder", None)
+    if isinstance(enc, nn.Module):
+        return enc
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        return model
+    raise TypeError(f"{type(model).__name__} is neither a Sam nor a SAM image encoder (no image_encoder / blocks)")
+
+
+def _encoder_input_size(enc: nn.Module) -> int:
+    size = getattr(enc, "img_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)):
+        return int(size[0])
+    return 1024
+
+
+def optimize(
+    model: nn.Module,
+    dtype: torch.dtype | None = torch.bfloat16,
+    compile: str | None = None,
+    backend: str = "auto",
+    blocks: str = "all",
+    mask=None,
+    example_batch: int = 1,
+    compile_backend: str | object = "inductor",
+) -> nn.Module:
+    """Make ``model``'s image encoder fast, in place; returns ``model``.
+
+    Args:
+        model: a segment_anything ``Sam`` or an ``ImageEncoderViT`` (patched or not;
+            an unpatched model is patched with ``mask``, ``backend`` and ``blocks``).
+        dtype: encoder compute dtype (bf16 recommended; fp16 can overflow in vit_h);
+            None keeps the current dtype. The encoder output is returned as float32.
+        compile: None (eager), or a ``torch.compile`` mode ("default",
+            "reduce-overhead" for CUDA graphs, "max-autotune-no-cudagraphs").
+        example_batch: batch size of the warm-up input used to fill the caches.
+        compile_backend: the ``torch.compile`` backend (tests pass a counting backend).
+    """
+    enc = encoder_of(model)
+    if not is_patched(model):
+        patch(model, mask=mask, backend=backend, blocks=blocks)
+    device = next(enc.parameters()).device
+    if dtype is not None:
+        enc.to(dtype)
+        for handle in getattr(enc, _HOOKS_ATTR, ()):
+            handle.remove()
+
+        def cast_in(module, args):
+            x = args[0]
+            return (x.to(dtype),) + tuple(args[1:]) if x.dtype != dtype else None
+
+        def cast_out(module, args, out):
+            return out.float() if out.dtype != torch.float32 else None
+
+        handles = (enc.register_forward_pre_hook(cast_in), enc.register_forward_hook(cast_out))
+        object.__setattr__(enc, _HOOKS_ATTR, handles)
+    size = _encoder_input_size(enc)
+    example = torch.zeros(example_batch, 3, size, size, device=device)
+    with torch.no_grad():
+        enc(example)  # fills mask and backend caches outside of any compiled region
+    if compile:
+        mode = None if compile == "default" else compile
+        enc.forward = torch.compile(enc.forward, mode=mode, dynamic=False, backend=compile_backend)
+        log.info("image encoder compiled (mode=%s)", compile)
+    return model

@@ -1,0 +1,53 @@
+"""The fast encoder path: bf16 within tolerance, one compiled graph, no graph breaks."""
+
+import copy
+
+import pytest
+import torch
+
+import samsparse
+from samsparse.checkpoints import build_tiny_sam
+from samsparse.fast import optimize
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_sam(embed_dim=64, depth=4, num_heads=4, img_size=128, window_size=3, global_attn_indexes=(1, 3))
+
+
+def test_bf16_encoder_close_to_fp32_original(tiny):
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = tiny.image_encoder(x)
+        lowp_orig = copy.deepcopy(tiny).image_encoder.to(torch.bfloat16)(x.bfloat16()).float()
+    model = optimize(copy.deepcopy(tiny), dtype=torch.bfloat16, backend="sdpa")
+    with torch.no_grad():
+        out = model.image_encoder(x)
+    assert out.dtype == torch.float32
+    err = (out - ref).abs().max().item()
+    err_orig = (lowp_orig - ref).abs().max().item()  # SAM's own bf16 error
+    assert err <= 2 * err_orig + 1e-2, f"{err} vs SAM bf16 {err_orig}"
+
+
+def test_compiled_encoder_one_graph_for_all_blocks(tiny):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")
+    model = optimize(copy.deepcopy(tiny), dtype=None, compile="default", backend="sdpa", compile_backend=counter)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        out = model.image_encoder(x)
+        out2 = model.image_encoder(x + 1)
+        ref = tiny.image_encoder(x)
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs: graph breaks or recompiles"
+    assert (out - ref).abs().max() <= 1e-5
+    assert not torch.equal(out, out2)
+
+
+def test_optimize_patches_unpatched_model_and_rejects_non_sam():
+    model = build_tiny_sam()
+    optimize(model, dtype=None, backend="sdpa")
+    assert samsparse.patch_config(model).blocks == [0, 1]
+    with pytest.raises(TypeError, match="neither a Sam"):
+        optimize(torch.nn.Linear(2, 2))
