@@ -116,7 +116,20 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeat
 
 
 def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The encoder for one table row: 'original', 'sdpa', 'dense', or 'sparse:<recipe>[@all]'."""
+    """The encoder for one table row.
+
+    'original', 'sdpa', 'dense', 'sparse:<recipe>[@all]', each optionally with
+    '+compile' (torch.compile of the whole encoder, default mode).
+    """
+    if variant.endswith("+compile"):
+        model = _variant_model(base, variant[: -len("+compile")], device, dtype)
+        if variant.startswith("original"):
+            model.forward = torch.compile(model.forward, dynamic=False)
+        else:
+            from .fast import optimize
+
+            optimize(model, dtype=None, compile="default")
+        return model
     model = copy.deepcopy(base)
     if variant == "original":
         pass

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--recipes", nargs="*", default=DEFAULT_RECIPES, help="sparse recipes for the global blocks")
     p.add_argument("--all-blocks-recipes", nargs="*", default=[], help="recipes applied to every block")
+    p.add_argument("--compile", action="store_true", help="also time original+compile and dense+compile")
     p.add_argument("--no-fp32", action="store_true", help="skip the original fp32 row")
     p.add_argument("--img-size", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=20)
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = ["original", "sdpa", "dense"] + [f"sparse:{r}" for r in args.recipes]
     variants += [f"sparse:{r}@all" for r in args.all_blocks_recipes]
+    if args.compile:
+        variants += ["original+compile", "dense+compile"]
     rows = []
     for model in args.models:
         if not args.no_fp32 and args.dtype != "fp32":

@@ -1,0 +1,20 @@
+"""The encoder benchmark measures every variant and reports deviation honestly."""
+
+import math
+
+from samsparse.benchmark import bench_encoder, markdown_table
+
+
+def test_bench_encoder_rows_and_ratios():
+    rows = bench_encoder(
+        "tiny", (1,), "fp32", "cpu", ("original", "sdpa", "sparse:local:radius=0,tile=2x2", "bogus"),
+        img_size=128, warmup=0, repeat=2,
+    )
+    by = {r.variant: r for r in rows}
+    assert by["original"].speedup == 1.0 and by["original"].max_dev == 0.0
+    assert by["sdpa"].max_dev <= 1e-5 and by["sdpa"].backend == "sdpa"
+    assert by["sparse:local:radius=0,tile=2x2"].max_dev > 1e-3  # sparse deviates, and says so
+    assert math.isfinite(by["sdpa"].speedup) and by["sdpa"].images_per_s > 0
+    assert "unknown variant" in by["bogus"].error
+    table = markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "failed" in table
