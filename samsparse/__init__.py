@@ -6,6 +6,7 @@ from .checkpoints.patched import load, save
 from .fast import optimize
 from .masks import BlockMask
 from .patch import PatchConfig, patch, patch_config, unpatch
+from .predictor import SparseAutomaticMaskGenerator, SparseSamPredictor, build_predictor
 from .relpos import RelPos
 
 __version__ = "0.1.0"
@@ -14,7 +15,10 @@ __all__ = [
     "PatchConfig",
     "RelPos",
     "SparseAttention",
+    "SparseAutomaticMaskGenerator",
+    "SparseSamPredictor",
     "attend",
+    "build_predictor",
     "load",
     "optimize",
     "save",

@@ -1,0 +1,8 @@
+"""``python -m samsparse ...`` runs the ``samsparse`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
