@@ -1,0 +1,399 @@
+"""The ``cuda`` backend: samsparse's hand-written CUDA kernel behind the common contract.
+
+Also defines the ``samsparse::cuda_attention`` / ``samsparse::cuda_varlen_attention``
+custom ops. Both wrap the extension's ``samsparse_cuda::fwd`` (which writes into
+buffers allocated here) in ``torch.library`` custom ops with fake implementations,
+so ``torch.compile`` traces them without a graph break. The extension is loaded
+(and compiled on first use, see :mod:`.build`) only when a real GPU call runs,
+never at import or while tracing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..base import AttentionCall, Backend
+
+__all__ = [
+    "CudaBackend",
+    "LAYOUT_SEQUENCE",
+    "LAYOUT_TILES",
+    "KERNEL_HEAD_DIMS",
+    "attention",
+    "cuda_varlen_attention",
+    "kernel_head_dim",
+    "smem_bytes",
+    "last_launch",
+]
+
+LAYOUT_SEQUENCE = 0
+LAYOUT_TILES = 1
+KERNEL_HEAD_DIMS = (32, 64, 80, 128, 256)
+
+# Mirror of Cfg<D> in csrc/fwd_kernel.cuh: (block_m, block_n, Q kept in registers).
+_CFG = {32: (128, 64, True), 64: (128, 64, False), 80: (128, 64, False), 128: (128, 32, False), 256: (64, 32, False)}
+
+
+def kernel_head_dim(d: int) -> int:
+    """The compiled head dim that serves ``d`` (zero-padded), 0 if none (d must be a multiple of 8)."""
+    if d <= 0 or d % 8:
+        return 0
+    for k in KERNEL_HEAD_DIMS:
+        if d <= k:
+            return k
+    return 0
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def smem_bytes(d: int, rel_grid: tuple[int, int] | None = None) -> int:
+    """Shared memory per CTA (upper bound over bias modes), mirror of ``SmemLayout<D>::bytes``."""
+    kd = kernel_head_dim(d)
+    if kd == 0:
+        raise ValueError(f"head dim {d} has no kernel")
+    bm, bn, qregs = _CFG[kd]
+    stride = kd + 8
+    n = (4 * bn * stride + (0 if qregs else bm * stride)) * 2 + (bm + 6 * bn) * 4
+    if rel_grid is not None:
+        rgh, rgw = rel_grid
+        n += bm * ((_round_up(max(rgh, 1), 16) + 8) + (_round_up(max(rgw, 1), 64) + 8)) * 2
+    return n
+
+
+def device_smem_limit(device: torch.device) -> int:
+    """Opt-in shared memory per block of ``device`` (bytes)."""
+    props = torch.cuda.get_device_properties(device)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    if limit:
+        return int(limit)
+    major = props.major
+    return {8: 163 * 1024, 9: 227 * 1024}.get(major, 99 * 1024)
+
+
+def last_launch() -> dict:
+    """Bias mode and shared memory of the last launch in this thread (diagnostics)."""
+    from . import build
+
+    build.require()
+    mode, smem = torch.ops.samsparse_cuda.last_launch()
+    names = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
+    return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem)}
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t itself if the kernel can read it in place (16-byte rows), else a contiguous copy."""
+    ok = (
+        t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and all(s % 8 == 0 or n == 1 for s, n in zip(t.stride()[:-1], t.shape[:-1]))
+    )
+    if ok:
+        return t
+    return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+
+
+def _empty_out(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h, nq, d = q.shape
+    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    return out, lse
+
+
+# ---------------------------------------------------------------------------- the op
+@torch.library.custom_op("samsparse::cuda_attention", mutates_args=())
+def _cuda_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    rel_h: Optional[torch.Tensor],
+    rel_w: Optional[torch.Tensor],
+    scale: float,
+    layout: int,
+    block_q: int,
+    block_k: int,
+    tile_grid_h: int,
+    tile_grid_w: int,
+    tile_h: int,
+    tile_w: int,
+    rel_k_grid_h: int,
+    rel_k_grid_w: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _empty_out(q)
+    nq, nk = q.shape[2], k.shape[2]
+    if out.numel() == 0 and lse.numel() == 0:
+        return out, lse
+    if nk == 0 or q.shape[3] == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    from . import build
+
+    build.require()
+    masked = kv_num_blocks is not None
+    geom = [
+        int(layout) if masked else LAYOUT_SEQUENCE,
+        int(block_q), int(block_k),
+        int(kv_num_blocks.shape[2]) if masked else 0,
+        int(tile_grid_h), int(tile_grid_w), int(tile_h), int(tile_w),
+        int(rel_k_grid_h) if rel_h is not None else 0, int(rel_k_grid_w) if rel_h is not None else 0,
+        0, 0, 0,
+    ]
+    with torch.cuda.device(q.device):
+        torch.ops.samsparse_cuda.fwd(
+            _aligned(q), _aligned(k), _aligned(v), out, lse,
+            kv_num_blocks, kv_indices, rel_h, rel_w, None, None, float(scale), geom,
+        )
+    return out, lse
+
+
+@_cuda_attention_op.register_fake
+def _(q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, scale, layout, block_q, block_k,
+      tile_grid_h, tile_grid_w, tile_h, tile_w, rel_k_grid_h, rel_k_grid_w):
+    b, h, nq, d = q.shape
+    out = q.new_empty((b, nq, h, d)).transpose(1, 2)
+    lse = q.new_empty((b, h, nq), dtype=torch.float32)
+    return out, lse
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_pos=None, scale: float | None = None):
+    """Block-sparse attention with SAM's rel-pos fused, on the CUDA kernel.
+
+    Args:
+        q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] (H % Hkv == 0); fp16/bf16; D a multiple
+            of 8 up to 256; any strides (rows that are not 16-byte aligned are copied).
+        mask: a samsparse ``BlockMask`` (sequence or tiles layout) or None (dense).
+        rel_pos: a samsparse ``RelPos`` (its terms, or terms computed from its tables
+            with one einsum in q's dtype, as SAM does) or None.
+        scale: softmax scale (default D ** -0.5), must be positive.
+
+    Returns:
+        out [B, H, Nq, D] in q's dtype (memory layout [B, Nq, H, D]) and the natural-log
+        LSE, float32 [B, H, Nq] (-inf with output 0 for a query that reads no key).
+
+    The caller validates shapes (``samsparse.backends.base.check_inputs``).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    kv_num = kv_idx = None
+    layout, bq, bk = LAYOUT_SEQUENCE, 0, 0
+    tgrid, tile = (0, 0), (0, 0)
+    if mask is not None:
+        idx = mask.to_indices(q.device)
+        kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
+        bq, bk = mask.block_size
+        if mask.layout == "tiles":
+            tgrid, tile = tuple(mask.grid), tuple(mask.tile)
+            if tile[1] >= tgrid[1]:
+                # full-width tiles are runs of consecutive tokens: the sequence layout, same block ids
+                layout, bq, bk = LAYOUT_SEQUENCE, tile[0] * tgrid[1], tile[0] * tgrid[1]
+                tgrid, tile = (0, 0), (0, 0)
+            else:
+                layout = LAYOUT_TILES
+    rel_h = rel_w = None
+    kg = (0, 0)
+    if rel_pos is not None:
+        kg = tuple(rel_pos.k_grid)
+        rel_h, rel_w = rel_pos.terms(q)
+        if rel_h.dtype != q.dtype:
+            rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
+    return torch.ops.samsparse.cuda_attention(
+        q, k, v, kv_num, kv_idx, rel_h, rel_w, scale,
+        layout, bq, bk, tgrid[0], tgrid[1], tile[0], tile[1], kg[0], kg[1],
+    )
+
+
+# ---------------------------------------------------------------------------- varlen
+@torch.library.custom_op("samsparse::cuda_varlen_attention", mutates_args=())
+def _cuda_varlen_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    scale: float,
+    block_q: int,
+    block_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    total_q, h, d = q.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+    batch = cu_seqlens_q.shape[0] - 1
+    if total_q == 0 or batch <= 0:
+        return out, lse
+    if k.shape[0] == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    from . import build
+
+    build.require()
+    masked = kv_num_blocks is not None
+    mq = math.ceil(max_seqlen_q / block_q) if masked else 0
+    geom = [LAYOUT_SEQUENCE, int(block_q), int(block_k), mq, 0, 0, 0, 0, 0, 0, batch, int(max_seqlen_q), int(max_seqlen_k)]
+    # packed [total, H, D] seen as [1, H, total, D]; LSE [H, total] as [1, H, total]
+    q4 = _aligned(q).unsqueeze(0).transpose(1, 2)
+    k4 = _aligned(k).unsqueeze(0).transpose(1, 2)
+    v4 = _aligned(v).unsqueeze(0).transpose(1, 2)
+    with torch.cuda.device(q.device):
+        torch.ops.samsparse_cuda.fwd(
+            q4, k4, v4, out.unsqueeze(0).transpose(1, 2), lse.unsqueeze(0),
+            kv_num_blocks.to(torch.int32) if masked else None, kv_indices.to(torch.int32) if masked else None,
+            None, None, cu_seqlens_q.to(q.device, torch.int32).contiguous(),
+            cu_seqlens_k.to(q.device, torch.int32).contiguous(), float(scale), geom,
+        )
+    return out, lse
+
+
+@_cuda_varlen_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices, scale,
+      block_q, block_k):
+    total_q, h, d = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((h, total_q), dtype=torch.float32)
+
+
+def cuda_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    kv_num_blocks: torch.Tensor | None = None,
+    kv_indices: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    block_size: int | tuple[int, int] = 128,
+    return_lse: bool = False,
+):
+    """Block-sparse attention over packed variable-length sequences, in one launch.
+
+    Args:
+        q: [total_q, H, D]; k, v: [total_k, Hkv, D] (H % Hkv == 0), sequences packed
+            back to back; fp16/bf16 on a CUDA device.
+        cu_seqlens_q, cu_seqlens_k: int [B + 1] cumulative sequence starts (moved to q's
+            device; no host synchronisation).
+        max_seqlen_q, max_seqlen_k: the longest sequence (sizes the launch).
+        kv_num_blocks: int32 [B', H', Mq] (B' in {1, B}, H' in {1, H},
+            Mq = ceil(max_seqlen_q / bq)) — key blocks read by each query block of each
+            sequence (block ids count from that sequence's first key); None: dense.
+        kv_indices: int32 [B', H', Mq, Mk] — the key-block ids, valid ones first.
+        scale: softmax scale (default D ** -0.5).
+        block_size: (bq, bk) tokens per mask block (int for both).
+        return_lse: also return the natural-log LSE, float32 [H, total_q].
+
+    Returns:
+        out [total_q, H, D] in q's dtype (and the LSE with ``return_lse``). Queries that
+        read no key get output 0 and LSE -inf. No rel-pos and no per-head dense/sparse
+        selection here: :func:`samsparse.compat.sam_block_sparse_attn` handles those by
+        calling the backend once per sequence.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be packed [total, H, D], got shape {tuple(t.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q has {q.shape[1]} heads, k/v have {k.shape[1]}: need a multiple")
+    if kernel_head_dim(q.shape[2]) == 0:
+        raise NotImplementedError(f"head dim {q.shape[2]} is not supported by the CUDA kernel (multiple of 8, <= 256)")
+    if (kv_num_blocks is None) != (kv_indices is None):
+        raise ValueError("give both kv_num_blocks and kv_indices, or neither (dense)")
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    if kv_num_blocks is not None:
+        batch = cu_seqlens_q.shape[0] - 1
+        mq = math.ceil(max_seqlen_q / bq)
+        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
+            raise ValueError("kv_num_blocks must be [B', H', Mq] and kv_indices [B', H', Mq, Mk]")
+        if kv_num_blocks.shape[0] not in (1, batch) or kv_num_blocks.shape[1] not in (1, q.shape[1]):
+            raise ValueError(f"kv_num_blocks {tuple(kv_num_blocks.shape)} does not broadcast to B={batch}, H={q.shape[1]}")
+        if kv_num_blocks.shape[2] < mq:
+            raise ValueError(f"kv_num_blocks has {kv_num_blocks.shape[2]} query blocks; max_seqlen_q needs {mq}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"the CUDA kernel needs a positive scale, got {scale}")
+    out, lse = torch.ops.samsparse.cuda_varlen_attention(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), kv_num_blocks, kv_indices,
+        scale, int(bq), int(bk),
+    )
+    return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------------------- the backend
+MAX_HEAD_DIM = 256
+
+
+class CudaBackend(Backend):
+    """Block-sparse flash attention in CUDA C++ (sm_80+, fp16/bf16), SAM's rel-pos fused.
+
+    Supports: dense or ``BlockMask`` (sequence and tiles layouts, broadcast B'/H',
+    empty rows), GQA/MQA, any input strides, head dims that are multiples of 8 up to
+    256 (kernels for 32, 64, 80, 128, 256; others are zero-padded to the next one),
+    rel-pos terms or tables (tables -> terms with one einsum in q's dtype), LSE.
+    The extension is compiled on the first GPU call (cached); if that fails,
+    ``why_not`` says why and ``auto`` falls back to the next backend.
+    """
+
+    name = "cuda"
+    priority = 40
+    dtypes = (torch.float16, torch.bfloat16)
+    head_dims = "multiples of 8 up to 256 (kernels: 32, 64, 80, 128, 256)"
+    devices = "cuda (sm_80+)"
+
+    def is_available(self) -> str | None:
+        from . import build  # lazily: `python -m samsparse.backends.cuda.build` must not find it imported
+
+        return build.availability_reason()
+
+    def _why_not(self, call: AttentionCall) -> str | None:
+        if call.device.type != "cuda":
+            return f"inputs are on {call.device.type}; the CUDA kernel needs CUDA tensors"
+        d = call.head_dim
+        if d % 8 != 0 or d <= 0 or d > MAX_HEAD_DIM:
+            return f"head dim {d} is not supported (needs a multiple of 8, at most {MAX_HEAD_DIM})"
+        if max(call.nq, call.nk) >= 2**31 - 2**20:
+            return f"sequence too long for 32-bit token indices (Nq={call.nq}, Nk={call.nk})"
+        return None
+
+    def why_not(self, q, k, v=None, mask=None, rel_pos=None, scale=None, return_lse=False) -> str | None:
+        reason = super().why_not(q, k, v, mask, rel_pos, scale, return_lse)
+        if reason is not None:
+            return reason
+        if scale is not None and not float(scale) > 0:
+            return f"the CUDA kernel needs a positive scale, got {scale}"
+        if rel_pos is not None:
+            gh, gw = rel_pos.k_grid
+            if gh >= 32768 or gw >= 65536:
+                return f"rel-pos key grid {tuple(rel_pos.k_grid)} too large"
+            need = smem_bytes(q.shape[-1], (gh, gw))
+            limit = device_smem_limit(q.device)
+            if need > limit:
+                return (
+                    f"rel-pos key grid {tuple(rel_pos.k_grid)} needs {need} bytes of shared memory per block "
+                    f"(device allows {limit})"
+                )
+        if q.device.type == "cuda" and not _is_fake(q):
+            from . import build
+
+            return build.ensure_loaded()  # builds at most once per process, on the first GPU call
+        return None
+
+    def _attend(self, q, k, v, mask, rel_pos, scale, return_lse):
+        out, lse = attention(q, k, v, mask, rel_pos, scale)
+        return (out, lse) if return_lse else out
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, FakeTensor)

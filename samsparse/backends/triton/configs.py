@@ -1,0 +1,273 @@
+"""Tile configs for the Triton attention kernel, and their autotuning cache.
+
+A config is (BLOCK_M, BLOCK_N, num_warps, num_stages). The first call of a
+*shape class* (GPU, Triton version, dtype, head dim, key-loop mode, mask
+geometry, size buckets; see :func:`shape_key`) times a few candidates on the
+real inputs and keeps the fastest; the choice is stored in a small JSON file
+under ``$SAMSPARSE_HOME/triton/`` (default ``~/.cache/samsparse/triton/``), so
+later processes start with it. Every later call is a dict lookup: no timing,
+no host synchronisation.
+
+Environment:
+
+- ``SAMSPARSE_TRITON_AUTOTUNE=0`` — never time candidates; use
+  :func:`default_config` (also used under ``TRITON_INTERPRET=1`` and while a
+  CUDA graph is being captured).
+- ``SAMSPARSE_HOME`` — cache root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+__all__ = [
+    "TileConfig",
+    "INTERPRET_CONFIG",
+    "autotune_enabled",
+    "cache_path",
+    "candidates",
+    "default_config",
+    "device_name",
+    "head_dim_split",
+    "lookup_or_tune",
+    "next_pow2",
+    "shape_key",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration of the attention kernel."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def __str__(self) -> str:
+        return f"M{self.block_m}/N{self.block_n}/w{self.num_warps}/s{self.num_stages}"
+
+
+# Under TRITON_INTERPRET=1 (numpy on the CPU): big tiles mean fewer interpreted ops.
+INTERPRET_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def head_dim_split(d: int) -> tuple[int, int]:
+    """(D1, D2): power-of-two parts covering head dim d, each >= 16 (80 -> 64 + 16).
+
+    The kernel runs one ``tl.dot`` per part, so a head dim of 80 costs 80/64 of
+    d=64 instead of 128/64 when padded to the next power of two.
+    """
+    if d <= 16:
+        return 16, 0
+    d1 = 1 << (d.bit_length() - 1)  # largest power of two <= d
+    rest = d - d1
+    if rest == 0:
+        return d1, 0
+    d2 = max(16, next_pow2(rest))
+    if d2 >= d1:  # e.g. d=17..31 -> one padded part is as good
+        return next_pow2(d), 0
+    return d1, d2
+
+
+def default_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
+    """A good config without timing (H100-minded)."""
+    if dtype == torch.float32:  # exact fp32 products (no tf32): CUDA-core FMAs, keep tiles small
+        return TileConfig(16, 16, 4, 2) if head_dim > 128 else TileConfig(16, 32, 4, 2)
+    if head_dim > 128:
+        return TileConfig(64, 32, 4, 2)
+    if head_dim > 64:
+        return TileConfig(128, 64, 8, 3)
+    return TileConfig(128, 64, 8, 3)
+
+
+def candidates(head_dim: int, dtype: torch.dtype, block_n_fixed: int | None = None) -> list[TileConfig]:
+    """Configs worth timing for this head dim / dtype (BLOCK_N fixed in the key-row mode)."""
+    if dtype == torch.float32:
+        base = [TileConfig(16, 32, 4, 2), TileConfig(16, 16, 4, 2), TileConfig(32, 32, 4, 2)]
+    elif head_dim > 128:
+        base = [TileConfig(64, 32, 4, 2), TileConfig(64, 64, 8, 2), TileConfig(128, 32, 8, 2)]
+    else:
+        base = [
+            TileConfig(128, 64, 8, 3),
+            TileConfig(128, 64, 4, 3),
+            TileConfig(128, 64, 8, 2),
+            TileConfig(128, 64, 8, 4),
+            TileConfig(128, 128, 8, 2),
+            TileConfig(128, 128, 8, 3),
+            TileConfig(64, 64, 4, 3),
+            TileConfig(64, 64, 4, 4),
+        ]
+        if head_dim > 64:
+            base = [c for c in base if not (c.block_n == 128 and c.num_stages > 2)]
+    out: list[TileConfig] = []
+    for c in base:
+        if block_n_fixed is not None:
+            c = TileConfig(c.block_m, block_n_fixed, c.num_warps, c.num_stages)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+# ---------------------------------------------------------------------------- keys
+_DEVICE_NAMES: dict[int, str] = {}
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3/sm90' (cached per device index)."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = _DEVICE_NAMES.get(index)
+    if name is None:
+        props = torch.cuda.get_device_properties(index)
+        name = f"{props.name}/sm{props.major}{props.minor}"
+        _DEVICE_NAMES[index] = name
+    return name
+
+
+def _size_bucket(n: int) -> int:
+    return next_pow2(max(int(n), 1))
+
+
+def shape_key(device: torch.device, dtype: torch.dtype, head_dim: int, **geometry) -> str:
+    """The shape class a tuned config is stored under."""
+    import triton
+
+    parts = [device_name(device), f"triton{triton.__version__}", str(dtype).replace("torch.", ""), f"d{head_dim}"]
+    for name in sorted(geometry):
+        value = geometry[name]
+        if name in ("nq", "nk"):
+            value = _size_bucket(value)
+        parts.append(f"{name}={value}")
+    return "|".join(parts)
+
+
+# ---------------------------------------------------------------------------- cache
+def cache_path() -> Path:
+    root = os.environ.get("SAMSPARSE_HOME")
+    base = Path(root) if root else Path.home() / ".cache" / "samsparse"
+    return base / "triton" / "autotune.json"
+
+
+def autotune_enabled(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    if os.environ.get("SAMSPARSE_TRITON_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+    except Exception:  # pragma: no cover - older torch
+        pass
+    return True
+
+
+class _DiskCache:
+    """key -> TileConfig, in memory, mirrored to a JSON file (best effort)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mem: dict[str, TileConfig] = {}
+        self._loaded_from: Path | None = None
+
+    def _load(self) -> None:
+        path = cache_path()
+        if self._loaded_from == path:
+            return
+        self._loaded_from = path
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable Triton autotune cache %s: %s", path, exc)
+            return
+        for key, entry in data.items():
+            try:
+                self._mem.setdefault(key, TileConfig(**entry["config"]))
+            except (TypeError, KeyError):
+                continue
+
+    def get(self, key: str) -> TileConfig | None:
+        with self._lock:
+            self._load()
+            return self._mem.get(key)
+
+    def put(self, key: str, config: TileConfig, timings: dict[str, float]) -> None:
+        with self._lock:
+            self._mem[key] = config
+            path = cache_path()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    data = json.loads(path.read_text())
+                except (FileNotFoundError, ValueError):
+                    data = {}
+                data[key] = {"config": asdict(config), "ms": timings}
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune.", suffix=".tmp")
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(data, fh, indent=1, sort_keys=True)
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("could not write the Triton autotune cache %s: %s", path, exc)
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._mem.clear()
+            self._loaded_from = None
+
+
+CACHE = _DiskCache()
+
+
+def lookup_or_tune(
+    key: str,
+    configs: Iterable[TileConfig],
+    run: Callable[[TileConfig], None],
+    fallback: TileConfig,
+) -> TileConfig:
+    """The cached config for ``key``, or the fastest of ``configs`` timed with ``run``.
+
+    ``run(config)`` launches the kernel once with that config (on the real
+    inputs; it must not mutate them). Configs that fail to compile or run
+    (e.g. out of shared memory) are skipped; if all fail, ``fallback``.
+    """
+    hit = CACHE.get(key)
+    if hit is not None:
+        return hit
+    from triton.testing import do_bench
+
+    timings: dict[str, float] = {}
+    best, best_ms = None, float("inf")
+    for config in configs:
+        try:
+            run(config)  # compile + first launch
+            ms = do_bench(lambda: run(config), warmup=5, rep=25, return_mode="median")
+        except Exception as exc:  # compile error, out of resources, ...
+            log.debug("Triton config %s failed for %s: %s", config, key, exc)
+            continue
+        timings[str(config)] = round(float(ms), 5)
+        if ms < best_ms:
+            best, best_ms = config, ms
+    if best is None:
+        log.warning("no Triton config ran for %s; using %s", key, fallback)
+        best = fallback
+    log.info("Triton autotune %s -> %s (%.3f ms) of %s", key, best, best_ms, timings)
+    CACHE.put(key, best, timings)
+    return best

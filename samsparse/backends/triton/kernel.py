@@ -1,0 +1,475 @@
+"""Triton kernels: block-sparse flash attention with SAM's decomposed rel-pos fused.
+
+Two kernels:
+
+- :func:`_attn_fwd` — forward attention over a block mask in FlexAttention's
+  index form (``kv_num_blocks`` / ``kv_indices``), online softmax in base 2
+  (log2(e) folded into the scale), fp32 accumulation, natural-log LSE out.
+  SAM's bias ``rel_h[q, row(k)] + rel_w[q, col(k)]`` is added per tile from
+  the rel-pos *terms* (any strides).
+- :func:`_relpos_terms` — the terms from q and the gathered tables
+  (``rel_h = q @ Rh[row(q)]^T``, ``rel_w = q @ Rw[col(q)]^T``) with one small
+  ``tl.dot`` per query grid row / column; run right before the attention kernel
+  when the caller gives tables.
+
+Token <-> block maps (``LAYOUT``):
+
+- ``0`` sequence: block ``i`` holds tokens ``[i*BQ, (i+1)*BQ)``.
+- ``1`` tiles: the tokens are a row-major grid ``(TGH, TGW)`` cut into
+  ``(TH, TW)`` tiles numbered row-major (``NTW`` tiles per tile row); a block is
+  addressed in place (tokens are never copied).
+
+Key sub-blocks (``ROWS``): in the sequence layout with rel-pos and a key block
+made of whole key-grid rows, every step of the loop is exactly 1 or 2 key rows
+(``BLOCK_N = next_pow2(RGW)`` or ``2 * RGW``). The width term is then the same
+``[BLOCK_M, RGW]`` tile for every step (loaded once per program) and the height
+term is one coalesced ``[BLOCK_M]`` vector per row; with one row per step it is
+folded into the row max, so the bias costs one FMA per logit. Otherwise the
+bias is gathered per tile (cached loads). Either way the bias of step t+1 is
+loaded during step t (plain loads are not software-pipelined by Triton), and
+the row of key-block ids sits in registers so the K/V addresses of future steps
+are arithmetic the pipeliner can issue ahead.
+
+Head dims that are not a power of two are split in two power-of-two parts
+(``D1 + D2``, e.g. 80 = 64 + 16) so that no tensor-core work is spent on padding.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["INTERPRET", "LOG2E", "_attn_fwd", "_relpos_terms"]
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _load_2d(ptrs, mask, EVEN: tl.constexpr):
+    if EVEN:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=mask, other=0.0)
+    return x
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b (+ acc) in fp32. UPCAST: multiply in fp32 (the CPU interpreter's bf16 dot is wrong)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE or UPCAST:
+        res = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        res = tl.dot(a, b, acc)
+    return res
+
+
+@triton.jit
+def _step_block(t, offs_mk, idx_row, dense_head, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr):
+    """(key-block id, sub-step) of loop step t."""
+    jb = t // SUB_N
+    sub = t - jb * SUB_N
+    if DENSE:
+        j = jb
+    else:
+        j = tl.sum(tl.where(offs_mk == jb, idx_row, 0), 0)
+        if HAS_HEAD_MASK:
+            j = tl.where(dense_head, jb, j)
+    return j, sub
+
+
+@triton.jit
+def _key_coords(
+    j, sub, nk, offs_n, BK, NTW,
+    LAYOUT: tl.constexpr, ROWS: tl.constexpr, SUB_N: tl.constexpr, BLOCK_N: tl.constexpr,
+    TGH: tl.constexpr, TGW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+    RGW: tl.constexpr, TILE_REL: tl.constexpr,
+):
+    """Key tokens of a step: (token ids, valid, rel-grid row, rel-grid col).
+
+    In the key-row mode the row is a scalar (the whole step is one key-grid row).
+    """
+    if LAYOUT == 0:
+        if ROWS > 0:
+            b_row = (j * SUB_N + sub) * ROWS  # first key row of the step (BK == SUB_N * ROWS * RGW)
+            k_tok = b_row * RGW + offs_n
+            k_ok = (offs_n < ROWS * RGW) & (k_tok < nk)
+            b_col = offs_n
+        else:
+            n_in = sub * BLOCK_N + offs_n
+            k_tok = j * BK + n_in
+            k_ok = (n_in < BK) & (k_tok < nk)
+            b_row = k_tok // RGW
+            b_col = k_tok - b_row * RGW
+    else:
+        k_tr = j // NTW
+        k_tc = j - k_tr * NTW
+        n_in = sub * BLOCK_N + offs_n
+        k_r = n_in // TW
+        k_c = n_in % TW
+        k_row = k_tr * TH + k_r
+        k_col = k_tc * TW + k_c
+        k_tok = k_row * TGW + k_col
+        k_ok = (k_r < TH) & (k_row < TGH) & (k_col < TGW)
+        if TILE_REL:
+            b_row = k_row
+            b_col = k_col
+        else:
+            b_row = k_tok // RGW
+            b_col = k_tok - b_row * RGW
+    return k_tok, k_ok, b_row, b_col
+
+
+@triton.jit
+def _gather_bias(relh_rows, relw_rows, b_row, b_col, shr, swc, mask):
+    """rel_h[q, row(k)] + rel_w[q, col(k)] for a [BLOCK_M, BLOCK_N] tile, log2 domain, fp32."""
+    bias = tl.load(relh_rows[:, None] + b_row[None, :] * shr, mask=mask, other=0.0).to(tl.float32)
+    bias += tl.load(relw_rows[:, None] + b_col[None, :] * swc, mask=mask, other=0.0).to(tl.float32)
+    return bias * 1.4426950408889634
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE,
+    KV_NUM, KV_IDX, HEAD_MASK,
+    RELH, RELW,
+    CU_Q, CU_K,
+    qk_scale,  # softmax scale * log2(e)
+    sqb, sqh, sqn, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    sob, soh, son, sod,
+    slb, slh, sln,
+    snb, snh, snm,  # kv_num_blocks strides (0 where broadcast)
+    sib, sih, sim, sik,  # kv_indices strides
+    shb, shh, shq, shr,  # rel_h strides [B, H, Nq, gh_k]
+    swb, swh, swq, swc,  # rel_w strides [B, H, Nq, gw_k]
+    H, GROUP, Nq, Nk,
+    BQ, BK, NKB,  # query / key block size in tokens, key blocks when dense
+    NTW,  # tiles per tile row (tiles layout)
+    HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr,  # D1 <= HEAD_DIM, D1 + D2 <= HEAD_DIM (no masking on d)
+    LAYOUT: tl.constexpr,  # 0 sequence, 1 tiles
+    TGH: tl.constexpr, TGW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+    RGW: tl.constexpr,  # rel-pos key grid width
+    ROWS: tl.constexpr,  # 0, or key-grid rows per step (sequence layout + rel-pos; 2 needs BLOCK_N == 2 * RGW)
+    TILE_REL: tl.constexpr,  # tiles layout and rel key grid == tile grid: row/col from the tile
+    SPLIT_M: tl.constexpr,  # programs per query block
+    SUB_N: tl.constexpr,  # loop steps per key block
+    DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr, HAS_REL: tl.constexpr, VARLEN: tl.constexpr,
+    EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    SCALE_POS: tl.constexpr,  # qk_scale > 0
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MK_PAD: tl.constexpr,  # next power of two >= the number of key blocks (mask row length)
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    qb = pid_m // SPLIT_M
+    qs = pid_m % SPLIT_M
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+
+    if VARLEN:
+        q_start = tl.load(CU_Q + b).to(tl.int64)
+        nq = (tl.load(CU_Q + b + 1) - q_start).to(tl.int32)
+        k_start = tl.load(CU_K + b).to(tl.int64)
+        nk = (tl.load(CU_K + b + 1) - k_start).to(tl.int32)
+    else:
+        q_start = 0
+        nq = Nq
+        k_start = 0
+        nk = Nk
+
+    # ---------------------------------------------------------------- queries
+    offs_m = qs * BLOCK_M + tl.arange(0, BLOCK_M)  # offset inside the query block
+    if LAYOUT == 0:
+        q_tok = qb * BQ + offs_m
+        q_ok = (offs_m < BQ) & (q_tok < nq)
+    else:
+        q_tr = qb // NTW
+        q_tc = qb - q_tr * NTW
+        q_r = offs_m // TW
+        q_c = offs_m % TW
+        q_row = q_tr * TH + q_r
+        q_col = q_tc * TW + q_c
+        q_tok = q_row * TGW + q_col
+        q_ok = (q_r < TH) & (q_row < TGH) & (q_col < TGW)
+
+    offs_d1 = tl.arange(0, D1)
+    dmask1 = offs_d1 < HEAD_DIM
+    if D2 > 0:
+        offs_d2 = tl.arange(0, D2)
+        dmask2 = (offs_d2 + D1) < HEAD_DIM
+
+    q_rows = Q + b64 * sqb + h64 * sqh + (q_start + q_tok.to(tl.int64))[:, None] * sqn
+    q1 = _load_2d(q_rows + offs_d1[None, :] * sqd, q_ok[:, None] & dmask1[None, :], EVEN_Q and EVEN_D1)
+    if D2 > 0:
+        q2 = _load_2d(q_rows + (D1 + offs_d2)[None, :] * sqd, q_ok[:, None] & dmask2[None, :], EVEN_Q and EVEN_D2)
+
+    # ---------------------------------------------------------------- key blocks
+    n_dense = NKB
+    if VARLEN:
+        n_dense = tl.cdiv(nk, BK)
+    if DENSE:
+        n_kv = n_dense
+    else:
+        n_kv = tl.load(KV_NUM + b64 * snb + h64 * snh + qb * snm)
+        if HAS_HEAD_MASK:
+            dense_head = tl.load(HEAD_MASK + h) == 0
+            n_kv = tl.where(dense_head, n_dense, n_kv)
+        idx_base = KV_IDX + b64 * sib + h64 * sih + qb * sim
+        # the row's key-block ids, held in registers: the K/V addresses of a future step
+        # are then plain arithmetic, which the software pipeliner can issue 2+ steps ahead
+        offs_mk = tl.arange(0, MK_PAD)
+        idx_row = tl.load(idx_base + offs_mk * sik, mask=offs_mk < n_kv, other=0)
+    if VARLEN:
+        n_kv = tl.where(qb * BQ < nq, n_kv, 0)
+
+    offs_n = tl.arange(0, BLOCK_N)
+    k_base = K + b64 * skb + hk64 * skh + k_start * skn
+    v_base = V + b64 * svb + hk64 * svh + k_start * svn
+
+    if HAS_REL:
+        relh_rows = RELH + b64 * shb + h64 * shh + q_tok.to(tl.int64) * shq
+        relw_rows = RELW + b64 * swb + h64 * swh + q_tok.to(tl.int64) * swq
+        if ROWS == 1:
+            # width term: the same [BLOCK_M, RGW] tile for every key row
+            relw_tile = _load_2d(
+                relw_rows[:, None] + offs_n[None, :] * swc,
+                q_ok[:, None] & (offs_n < RGW)[None, :],
+                EVEN_Q and (BLOCK_N == RGW),
+            ).to(tl.float32) * 1.4426950408889634
+        if ROWS == 2:
+            # two key rows per step: the width tile twice side by side
+            relw_tile = _load_2d(
+                relw_rows[:, None] + (offs_n % RGW)[None, :] * swc, q_ok[:, None], EVEN_Q
+            ).to(tl.float32) * 1.4426950408889634
+            second_row = offs_n >= RGW
+
+    if DENSE:
+        offs_mk = 0
+        idx_row = 0
+    if not HAS_HEAD_MASK:
+        dense_head = False
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
+    if D2 > 0:
+        acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
+
+    total = n_kv * SUB_N
+    if HAS_REL:
+        # the bias of step t is loaded during step t-1: plain loads are not software-pipelined
+        j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        _, k_ok0, b_row0, b_col0 = _key_coords(
+            j0, sub0, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+        )
+        if ROWS > 0:
+            relh_nxt = tl.load(relh_rows + b_row0 * shr, mask=q_ok & (total > 0) & (b_row0 * RGW < nk), other=0.0)
+            relh_nxt = relh_nxt.to(tl.float32) * 1.4426950408889634
+            if ROWS == 2:
+                relh2_nxt = tl.load(
+                    relh_rows + (b_row0 + 1) * shr, mask=q_ok & (total > 0) & ((b_row0 + 1) * RGW < nk), other=0.0
+                )
+                relh2_nxt = relh2_nxt.to(tl.float32) * 1.4426950408889634
+        else:
+            bias_nxt = _gather_bias(
+                relh_rows, relw_rows, b_row0, b_col0, shr, swc, q_ok[:, None] & k_ok0[None, :] & (total > 0)
+            )
+
+    for t in range(0, total):
+        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        k_tok, k_ok, b_row, b_col = _key_coords(
+            j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+        )
+        if HAS_REL:
+            t1 = t + 1
+            j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+            _, k_ok1, b_row1, b_col1 = _key_coords(
+                j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+            )
+            if ROWS > 0:
+                relh = relh_nxt
+                relh_nxt = tl.load(relh_rows + b_row1 * shr, mask=q_ok & (t1 < total) & (b_row1 * RGW < nk), other=0.0)
+                relh_nxt = relh_nxt.to(tl.float32) * 1.4426950408889634
+                if ROWS == 2:
+                    relh2 = relh2_nxt
+                    relh2_nxt = tl.load(
+                        relh_rows + (b_row1 + 1) * shr, mask=q_ok & (t1 < total) & ((b_row1 + 1) * RGW < nk), other=0.0
+                    )
+                    relh2_nxt = relh2_nxt.to(tl.float32) * 1.4426950408889634
+            else:
+                bias = bias_nxt
+                bias_nxt = _gather_bias(
+                    relh_rows, relw_rows, b_row1, b_col1, shr, swc, q_ok[:, None] & k_ok1[None, :] & (t1 < total)
+                )
+
+        k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
+        k1 = _load_2d(k_rows + offs_d1[None, :] * skd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+        qk = _dot(q1, tl.trans(k1), None, IEEE, UPCAST)
+        if D2 > 0:
+            k2 = _load_2d(k_rows + (D1 + offs_d2)[None, :] * skd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+            qk = _dot(q2, tl.trans(k2), qk, IEEE, UPCAST)
+
+        # logits in the log2 domain: s = qk * scale*log2(e) + bias*log2(e); the scale multiply
+        # is fused with the bias add (FMA) or, without bias, with the max subtraction below
+        if HAS_REL:
+            if ROWS == 1:
+                # the height term is constant over the step (one key row): it goes into the
+                # row max instead of into every logit
+                s = qk * qk_scale + relw_tile
+            elif ROWS == 2:
+                s = qk * qk_scale + (relw_tile + tl.where(second_row[None, :], relh2[:, None], relh[:, None]))
+            else:
+                s = qk * qk_scale + bias
+        elif SCALE_POS:
+            s = qk  # scaled below: max(qk) * scale == max(qk * scale) for scale > 0
+        else:
+            s = qk * qk_scale
+        if not EVEN_K:
+            s = tl.where(k_ok[None, :], s, float("-inf"))
+
+        # online softmax (base 2); a row with no valid key so far keeps m = -inf
+        if HAS_REL and ROWS == 1:
+            m_new = tl.maximum(m_i, tl.max(s, 1) + relh)
+        elif (not HAS_REL) and SCALE_POS:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if HAS_REL and ROWS == 1:
+            p = tl.exp2(s - (m_use - relh)[:, None])
+        elif (not HAS_REL) and SCALE_POS:
+            p = tl.exp2(s * qk_scale - m_use[:, None])
+        else:
+            p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+
+        v_rows = v_base + k_tok.to(tl.int64)[:, None] * svn
+        v1 = _load_2d(v_rows + offs_d1[None, :] * svd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+        acc1 = acc1 * alpha[:, None]
+        acc1 = _dot(p.to(v1.dtype), v1, acc1, IEEE, UPCAST)
+        if D2 > 0:
+            v2 = _load_2d(v_rows + (D1 + offs_d2)[None, :] * svd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+            acc2 = acc2 * alpha[:, None]
+            acc2 = _dot(p.to(v2.dtype), v2, acc2, IEEE, UPCAST)
+
+    # ---------------------------------------------------------------- epilogue
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    inv_l = 1.0 / l_safe
+    o_rows = O + b64 * sob + h64 * soh + (q_start + q_tok.to(tl.int64))[:, None] * son
+    out1 = (acc1 * inv_l[:, None]).to(O.dtype.element_ty)
+    if EVEN_Q and EVEN_D1:
+        tl.store(o_rows + offs_d1[None, :] * sod, out1)
+    else:
+        tl.store(o_rows + offs_d1[None, :] * sod, out1, mask=q_ok[:, None] & dmask1[None, :])
+    if D2 > 0:
+        out2 = (acc2 * inv_l[:, None]).to(O.dtype.element_ty)
+        if EVEN_Q and EVEN_D2:
+            tl.store(o_rows + (D1 + offs_d2)[None, :] * sod, out2)
+        else:
+            tl.store(o_rows + (D1 + offs_d2)[None, :] * sod, out2, mask=q_ok[:, None] & dmask2[None, :])
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    lse_ptrs = LSE + b64 * slb + h64 * slh + (q_start + q_tok.to(tl.int64)) * sln
+    if EVEN_Q:
+        tl.store(lse_ptrs, lse)
+    else:
+        tl.store(lse_ptrs, lse, mask=q_ok)
+
+
+@triton.jit
+def _terms_block(
+    q_rows, q_ok, sqd, table, sta, stb, std, n_keys, out_rows, so_k,
+    HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """out[i, kk] = <q[i], table[kk]> for the BLOCK_Q queries of one grid row/column."""
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < n_keys
+    offs_d1 = tl.arange(0, D1)
+    dmask1 = offs_d1 < HEAD_DIM
+    if D2 > 0:
+        offs_d2 = tl.arange(0, D2)
+        dmask2 = (offs_d2 + D1) < HEAD_DIM
+    q1 = tl.load(q_rows[:, None] + offs_d1[None, :] * sqd, mask=q_ok[:, None] & dmask1[None, :], other=0.0)
+    t1 = tl.load(
+        table + offs_k[:, None] * stb + offs_d1[None, :] * std, mask=k_ok[:, None] & dmask1[None, :], other=0.0
+    ).to(q1.dtype)
+    res = _dot(q1, tl.trans(t1), None, IEEE, UPCAST)
+    if D2 > 0:
+        q2 = tl.load(
+            q_rows[:, None] + (D1 + offs_d2)[None, :] * sqd, mask=q_ok[:, None] & dmask2[None, :], other=0.0
+        )
+        t2 = tl.load(
+            table + offs_k[:, None] * stb + (D1 + offs_d2)[None, :] * std,
+            mask=k_ok[:, None] & dmask2[None, :],
+            other=0.0,
+        ).to(q2.dtype)
+        res = _dot(q2, tl.trans(t2), res, IEEE, UPCAST)
+    tl.store(
+        out_rows[:, None] + offs_k[None, :] * so_k,
+        res.to(out_rows.dtype.element_ty),
+        mask=q_ok[:, None] & k_ok[None, :],
+    )
+
+
+@triton.jit
+def _relpos_terms(
+    Q, RH, RW, OUTH, OUTW,
+    sqb, sqh, sqn, sqd,
+    srh_a, srh_b, srh_d,  # Rh [gh_q, gh_k, D]
+    srw_a, srw_b, srw_d,  # Rw [gw_q, gw_k, D]
+    shb, shh, shq, shr,  # rel_h out [B, H, Nq, gh_k]
+    swb, swh, swq, swc,  # rel_w out [B, H, Nq, gw_k]
+    H,
+    GHQ: tl.constexpr, GWQ: tl.constexpr, GHK: tl.constexpr, GWK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Programs [0, GHQ): rel_h of one query grid row; [GHQ, GHQ+GWQ): rel_w of one query column."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_i = tl.arange(0, BLOCK_Q)
+    q_base = Q + b * sqb + h * sqh
+    if pid < GHQ:
+        q_tok = pid * GWQ + offs_i
+        q_ok = offs_i < GWQ
+        _terms_block(
+            q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
+            RH + pid * srh_a, srh_a, srh_b, srh_d, GHK,
+            OUTH + b * shb + h * shh + q_tok.to(tl.int64) * shq, shr,
+            HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
+        )
+    else:
+        c = pid - GHQ
+        q_tok = offs_i * GWQ + c
+        q_ok = offs_i < GHQ
+        _terms_block(
+            q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
+            RW + c * srw_a, srw_a, srw_b, srw_d, GWK,
+            OUTW + b * swb + h * swh + q_tok.to(tl.int64) * swq, swc,
+            HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
+        )
+
+
+def _is_interpreted() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(_attn_fwd, InterpretedFunction)
+
+
+INTERPRET = _is_interpreted()

@@ -1,0 +1,732 @@
+"""Launchers and the ``samsparse::triton_attention`` / ``samsparse::triton_varlen_attention`` custom ops.
+
+Public functions:
+
+- :func:`attention` — samsparse objects in (BlockMask, RelPos), ``(out, lse)`` out.
+- :func:`triton_varlen_attention` — packed variable-length sequences
+  (``cu_seqlens``), block-sparse per sequence, for the compat API.
+
+Both are registered as ``torch.library`` custom ops with fake (meta)
+implementations, so ``torch.compile`` traces them without a graph break; eager
+calls run the implementation directly (the dispatcher costs tens of
+microseconds per call). The op arguments are tensors / ints / floats only: the
+mask enters as its cached index tensors, the rel-pos as its tables or terms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import configs as _cfg
+from .configs import TileConfig, head_dim_split, next_pow2
+
+__all__ = ["attention", "triton_varlen_attention", "relpos_terms", "LAYOUT_SEQUENCE", "LAYOUT_TILES"]
+
+LAYOUT_SEQUENCE = 0
+LAYOUT_TILES = 1
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+def _kernels():
+    from . import kernel
+
+    return kernel
+
+
+def _bcast_strides(t: torch.Tensor) -> list[int]:
+    """Strides with 0 on size-1 dims (broadcast of B' / H')."""
+    return [s if n > 1 else 0 for n, s in zip(t.shape, t.stride())]
+
+
+def _tracing() -> bool:
+    """True under torch.compile / export tracing (then the custom op must be called)."""
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - old torch
+        return True
+
+
+_FAST_LAUNCH_VERSIONS = ("3.6",)  # Triton versions whose launch convention the fast path copies
+
+
+def _fast_launch_default() -> bool:
+    flag = os.environ.get("SAMSPARSE_TRITON_FAST_LAUNCH", "").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if _kernels().INTERPRET:
+        return False
+    import triton
+
+    return flag in ("1", "true", "yes", "on") or ".".join(triton.__version__.split(".")[:2]) in _FAST_LAUNCH_VERSIONS
+
+
+class _Launcher:
+    """``kernel[grid](*args, **constexprs)``, minus Triton's per-call argument binding.
+
+    Triton's ``JITFunction.run`` re-derives the specialization of every argument on
+    each call (tens of microseconds for ~90 arguments, twice per attention call):
+    comparable to the whole kernel for a small batch. The first call of a given
+    specialization goes through ``run`` (compiling if needed) and keeps the
+    compiled kernel; later calls whose arguments specialize identically (same
+    plan, dtypes, 16-byte alignment and integer values) launch it directly, the
+    way ``run`` does. Off under the interpreter, for Triton versions other than
+    those listed in ``_FAST_LAUNCH_VERSIONS`` (override with
+    ``SAMSPARSE_TRITON_FAST_LAUNCH=1``) or with ``SAMSPARSE_TRITON_FAST_LAUNCH=0``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cache: dict = {}
+        self.enabled: bool | None = None
+        self._rt = None
+
+    def __call__(self, grid, tensors: tuple, floats: tuple, ints: tuple, constexprs: dict, plan_key, device) -> None:
+        """Launch with positional args ``(*tensors, *floats, *ints)`` then ``constexprs``."""
+        fn = getattr(_kernels(), self.name)
+        if self.enabled is None:
+            self.enabled = _fast_launch_default()
+        if not self.enabled:
+            fn[grid](*tensors, *floats, *ints, **constexprs)
+            return
+        # Triton specializes tensors on dtype and 16-byte alignment, ints on their value
+        key = (plan_key, device, tuple((t.dtype, t.data_ptr() & 15) for t in tensors), ints)
+        entry = self.cache.get(key)
+        if entry is None:
+            compiled = fn[grid](*tensors, *floats, *ints, **constexprs)
+            if compiled is not None and not hasattr(compiled, "result"):
+                n = len(tensors) + len(floats) + len(ints)
+                tail = tuple(constexprs[name] for name in fn.arg_names[n:])
+                self.cache[key] = (compiled, tail)
+            return
+        compiled, tail = entry
+        try:
+            if self._rt is None:
+                from triton import knobs
+                from triton.runtime.driver import driver
+
+                self._rt = (knobs.runtime, driver)
+            runtime, driver = self._rt
+            full = (*tensors, *floats, *ints, *tail)
+            stream = driver.active.get_current_stream(device.index if device.index is not None else 0)
+            compiled.run(
+                grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
+                compiled.launch_metadata(grid, stream, *full),
+                runtime.launch_enter_hook, runtime.launch_exit_hook, *full,
+            )
+        except Exception as exc:  # an unexpected Triton internals change: use the normal path from now on
+            import logging
+
+            logging.getLogger(__name__).warning("fast Triton launch failed (%s); using kernel[grid] from now on", exc)
+            self.enabled = False
+            self.cache.clear()
+            fn[grid](*tensors, *floats, *ints, **constexprs)
+
+
+_ATTN_LAUNCHER = _Launcher("_attn_fwd")
+_TERMS_CONSTEXPRS: dict = {}
+_TERMS_LAUNCHER = _Launcher("_relpos_terms")
+
+
+def _device_ctx(t: torch.Tensor):
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------- rel-pos terms
+def relpos_terms(
+    q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, q_grid: tuple[int, int], k_grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's rel-pos terms from q [B, H, Nq, D] (unscaled) and tables Rh [gh_q, gh_k, D], Rw [gw_q, gw_k, D].
+
+    Returns rel_h [B, H, Nq, gh_k] (stored query-major: each key row's column is
+    contiguous, which the key-row loop reads) and rel_w [B, H, Nq, gw_k], in q's
+    dtype (the tables are cast to q's dtype, as SAM's einsum does), accumulated in fp32.
+    """
+    b, h, nq, d = q.shape
+    ghq, gwq = q_grid
+    ghk, gwk = k_grid
+    rel_h = torch.empty(b, h, ghk, nq, dtype=q.dtype, device=q.device).transpose(2, 3)
+    rel_w = torch.empty(b, h, nq, gwk, dtype=q.dtype, device=q.device)
+    key = (q.dtype, d, tuple(q_grid), tuple(k_grid))
+    constexprs = _TERMS_CONSTEXPRS.get(key)
+    if constexprs is None:
+        d1, d2 = head_dim_split(d)
+        constexprs = _TERMS_CONSTEXPRS[key] = dict(
+            GHQ=ghq, GWQ=gwq, GHK=ghk, GWK=gwk,
+            HEAD_DIM=d, D1=d1, D2=d2,
+            BLOCK_Q=max(16, next_pow2(max(ghq, gwq))), BLOCK_K=max(16, next_pow2(max(ghk, gwk))),
+            IEEE=q.dtype == torch.float32, UPCAST=_kernels().INTERPRET and q.dtype == torch.bfloat16,
+            num_warps=4, num_stages=1,
+        )
+    ints = (*q.stride(), *rh.stride(), *rw.stride(), *rel_h.stride(), *rel_w.stride(), h)
+    with _device_ctx(q):
+        _TERMS_LAUNCHER((ghq + gwq, b * h), (q, rh, rw, rel_h, rel_w), (), ints, constexprs, key, q.device)
+    return rel_h, rel_w
+
+
+# ---------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class _Geometry:
+    """Static description of one call (everything but the tensors)."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    nq: int
+    nk: int
+    head_dim: int
+    dtype: torch.dtype
+    masked: bool
+    layout: int
+    block_q: int  # tokens per query block (0: dense, chosen by the config)
+    block_k: int
+    num_q_blocks: int  # mask Mq (0 when dense)
+    num_k_blocks: int  # mask Mk (0 when dense)
+    tile_grid: tuple[int, int]
+    tile: tuple[int, int]
+    has_rel: bool
+    rel_k_grid: tuple[int, int]
+    varlen: bool = False
+    has_head_mask: bool = False
+
+    def rows_block_n(self) -> int | None:
+        """BLOCK_N of the key-row mode, or None when that mode does not apply."""
+        if not self.has_rel or self.layout != LAYOUT_SEQUENCE:
+            return None
+        gw = self.rel_k_grid[1]
+        bn = max(16, next_pow2(gw))
+        if gw < 32 or bn > 128 or bn > gw * 1.34:
+            return None  # narrow or awkward rows: the gather mode with big tiles is better
+        if self.masked and self.block_k % gw != 0:
+            return None
+        return bn
+
+    def key(self, device: torch.device) -> str:
+        return _cfg.shape_key(
+            device,
+            self.dtype,
+            self.head_dim,
+            layout=self.layout,
+            masked=int(self.masked),
+            bq=self.block_q,
+            bk=self.block_k,
+            tile=f"{self.tile[0]}x{self.tile[1]}",
+            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}",
+            gqa=int(self.heads != self.kv_heads),
+            varlen=int(self.varlen),
+            nq=self.nq,
+            nk=self.nk,
+            waves=self._waves(device),
+        )
+
+    def _waves(self, device: torch.device) -> str:
+        programs = self.batch * self.heads * math.ceil(self.nq / 128)
+        sms = 132
+        if device.type == "cuda":
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            sms = torch.cuda.get_device_properties(idx).multi_processor_count
+        if programs <= sms:
+            return "lt1"
+        if programs <= 4 * sms:
+            return "lt4"
+        return "many"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a launch that depends only on (geometry, tile config): computed once."""
+
+    grid: tuple[int, int]
+    ints: tuple[int, ...]  # H, GROUP, Nq, Nk, BQ, BK, NKB, NTW
+    constexprs: dict
+
+
+_PLANS: dict = {}
+
+
+def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
+    kern = _kernels()
+    b, h = geo.batch, geo.heads
+    nq, nk = geo.nq, geo.nk
+    d1, d2 = head_dim_split(geo.head_dim)
+    rows_bn = geo.rows_block_n()
+    rows = 0
+    if rows_bn is not None:
+        # key-row mode; two rows per step when the config asks for a tile twice as wide
+        rows = 1
+        gw = geo.rel_k_grid[1]
+        two = cfg.block_n >= 2 * gw and rows_bn == gw and 2 * gw <= 128
+        if two and (geo.block_k % (2 * gw) == 0 if geo.masked else True):
+            rows, rows_bn = 2, 2 * gw
+    gw_rel = geo.rel_k_grid[1] if geo.has_rel else 1
+    tgh, tgw = geo.tile_grid
+    th, tw = geo.tile
+    ntw = 1
+    tile_rel = False
+
+    if geo.masked:
+        bq, bk = geo.block_q, geo.block_k
+        block_m = min(cfg.block_m, max(16, next_pow2(bq)))
+        split_m = math.ceil(bq / block_m)
+        if geo.layout == LAYOUT_TILES:
+            even_grid = tgh % th == 0 and tgw % tw == 0
+            ntw = math.ceil(tgw / tw)
+            even_q = bq % block_m == 0 and even_grid and not geo.varlen
+            block_n = min(cfg.block_n, max(16, next_pow2(bk)))
+            sub_n = math.ceil(bk / block_n)
+            even_k = bk % block_n == 0 and even_grid and not geo.varlen
+            tile_rel = geo.has_rel and tuple(geo.rel_k_grid) == (tgh, tgw)
+        else:
+            even_q = bq % block_m == 0 and nq % bq == 0 and not geo.varlen
+            if rows:
+                block_n = rows_bn
+                sub_n = bk // (gw_rel * rows)
+                even_k = block_n == gw_rel * rows and nk % bk == 0 and not geo.varlen
+            else:
+                block_n = min(cfg.block_n, max(16, next_pow2(bk)))
+                sub_n = math.ceil(bk / block_n)
+                even_k = bk % block_n == 0 and nk % bk == 0 and not geo.varlen
+        num_q_blocks = geo.num_q_blocks
+        nkb = 0
+    else:
+        block_m = min(cfg.block_m, max(16, next_pow2(nq)))
+        bq = block_m
+        split_m = 1
+        even_q = nq % bq == 0 and not geo.varlen
+        if rows:
+            block_n = rows_bn
+            bk = gw_rel * rows
+            even_k = block_n == bk and nk % bk == 0 and not geo.varlen
+        else:
+            block_n = min(cfg.block_n, max(16, next_pow2(nk)))
+            bk = block_n
+            even_k = nk % bk == 0 and not geo.varlen
+        sub_n = 1
+        nkb = math.ceil(nk / bk)
+        num_q_blocks = math.ceil(nq / bq)
+
+    constexprs = dict(
+        HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
+        EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
+        LAYOUT=geo.layout, TGH=tgh, TGW=tgw, TH=th, TW=tw,
+        RGW=gw_rel, ROWS=rows, TILE_REL=tile_rel,
+        SPLIT_M=split_m, SUB_N=sub_n,
+        DENSE=not geo.masked, HAS_HEAD_MASK=geo.has_head_mask, HAS_REL=geo.has_rel, VARLEN=geo.varlen,
+        EVEN_Q=even_q, EVEN_K=even_k, IEEE=geo.dtype == torch.float32,
+        UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        MK_PAD=max(16, next_pow2(geo.num_k_blocks)),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return _Plan(
+        grid=(num_q_blocks * split_m, b * h),
+        ints=(h, h // geo.kv_heads, nq, nk, bq, bk, nkb, ntw),
+        constexprs=constexprs,
+    )
+
+
+def _launch(
+    geo: _Geometry,
+    cfg: TileConfig,
+    q, k, v, out, lse, qs, ks, vs, os_, ls,
+    kv_num, kv_idx, head_mask, rel_h, rel_w, cu_q, cu_k, qk_scale: float,
+) -> None:
+    """One launch of the attention kernel for ``geo`` with tile config ``cfg``."""
+    key = (geo, cfg, qk_scale > 0)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _make_plan(geo, cfg, qk_scale > 0)
+    dummy = q
+    if kv_num is not None:
+        sn = tuple(_bcast_strides(kv_num))
+        si = (*_bcast_strides(kv_idx)[:3], kv_idx.stride(3))
+    else:
+        kv_num = kv_idx = dummy
+        sn, si = (0, 0, 0), (0, 0, 0, 0)
+    if rel_h is not None:
+        sh, sw = rel_h.stride(), rel_w.stride()
+    else:
+        rel_h = rel_w = dummy
+        sh = sw = (0, 0, 0, 0)
+    tensors = (
+        q, k, v, out, lse,
+        kv_num, kv_idx, head_mask if head_mask is not None else dummy,
+        rel_h, rel_w,
+        cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
+    )
+    ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *plan.ints)
+    _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
+
+
+def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
+    if override is not None:
+        return override
+    hit = _TUNED.get((geo, device))
+    if hit is not None:
+        return hit
+    kern = _kernels()
+    if kern.INTERPRET or device.type != "cuda":
+        return _cfg.INTERPRET_CONFIG
+    fallback = _cfg.default_config(geo.head_dim, geo.dtype)
+    if not _cfg.autotune_enabled(device):
+        return fallback  # not remembered: tuning may be allowed later (e.g. after a graph capture)
+    key = geo.key(device)
+    rows_bn = geo.rows_block_n()
+    if rows_bn is not None and rows_bn == geo.rel_k_grid[1] and 2 * rows_bn <= 128:
+        rows_bn = None  # BLOCK_N = 2 * grid width runs two key rows per step: worth timing
+    chosen = _cfg.lookup_or_tune(key, _cfg.candidates(geo.head_dim, geo.dtype, rows_bn), run, fallback)
+    _TUNED[(geo, device)] = chosen
+    return chosen
+
+
+_TUNED: dict = {}  # (geometry, device) -> TileConfig
+
+
+def _override(block_m: int, block_n: int, num_warps: int, num_stages: int) -> TileConfig | None:
+    if block_m <= 0:
+        return None
+    return TileConfig(block_m, max(block_n, 16), max(num_warps, 1), max(num_stages, 1))
+
+
+# ---------------------------------------------------------------------------- the op
+def _attention_impl(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    rel_h: Optional[torch.Tensor],
+    rel_w: Optional[torch.Tensor],
+    rh: Optional[torch.Tensor],
+    rw: Optional[torch.Tensor],
+    scale: float,
+    layout: int,
+    block_q: int,
+    block_k: int,
+    tile_grid_h: int,
+    tile_grid_w: int,
+    tile_h: int,
+    tile_w: int,
+    rel_q_grid_h: int,
+    rel_q_grid_w: int,
+    rel_k_grid_h: int,
+    rel_k_grid_w: int,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    if nq == 0:
+        return out, lse
+    has_rel = rel_h is not None or rh is not None
+    masked = kv_num_blocks is not None
+    with _device_ctx(q):
+        if has_rel and rel_h is None:
+            rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
+        geo = _Geometry(
+            batch=b, heads=h, kv_heads=hkv, nq=nq, nk=nk, head_dim=d, dtype=q.dtype,
+            masked=masked, layout=layout if masked else LAYOUT_SEQUENCE,
+            block_q=block_q if masked else 0, block_k=block_k if masked else 0,
+            num_q_blocks=kv_num_blocks.shape[2] if masked else 0,
+            num_k_blocks=kv_indices.shape[3] if masked else 0,
+            tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
+            tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
+            has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
+        )
+        strides = (q.stride(), k.stride(), v.stride(), out.stride(), lse.stride())
+        scale2 = float(scale) * LOG2E
+
+        def run(cfg: TileConfig) -> None:
+            _launch(geo, cfg, q, k, v, out, lse, *strides, kv_num_blocks, kv_indices, None, rel_h, rel_w, None, None, scale2)
+
+        cfg = _pick_config(geo, q.device, run, _override(block_m, block_n, num_warps, num_stages))
+        run(cfg)
+    return out, lse
+
+
+@torch.library.custom_op("samsparse::triton_attention", mutates_args=())
+def _triton_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    rel_h: Optional[torch.Tensor],
+    rel_w: Optional[torch.Tensor],
+    rh: Optional[torch.Tensor],
+    rw: Optional[torch.Tensor],
+    scale: float,
+    layout: int,
+    block_q: int,
+    block_k: int,
+    tile_grid_h: int,
+    tile_grid_w: int,
+    tile_h: int,
+    tile_w: int,
+    rel_q_grid_h: int,
+    rel_q_grid_w: int,
+    rel_k_grid_h: int,
+    rel_k_grid_w: int,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op form of :func:`attention` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config)."""
+    return _attention_impl(
+        q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
+        tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
+        block_m, block_n, num_warps, num_stages,
+    )
+
+
+@_triton_attention_op.register_fake
+def _(q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
+      tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
+      block_m, block_n, num_warps, num_stages):
+    b, h, nq, d = q.shape
+    out = q.new_empty((b, nq, h, d)).transpose(1, 2)
+    lse = q.new_empty((b, h, nq), dtype=torch.float32)
+    return out, lse
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask=None,
+    rel_pos=None,
+    scale: float | None = None,
+    config: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention with SAM's rel-pos fused, on the Triton kernel.
+
+    Args:
+        q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] (H % Hkv == 0); any strides; fp16/bf16/fp32.
+        mask: a samsparse ``BlockMask`` (sequence or tiles layout) or None (dense).
+        rel_pos: a samsparse ``RelPos`` (terms used if present, else the tables) or None.
+        scale: softmax scale (default D ** -0.5).
+        config: force a tile config (skips autotuning).
+
+    Returns:
+        out [B, H, Nq, D] in q's dtype (memory layout [B, Nq, H, D], so
+        ``out.transpose(1, 2).reshape(B, Nq, H * D)`` is free) and the natural-log
+        LSE, float32 [B, H, Nq] (-inf and output 0 for a query that reads no key).
+
+    The caller validates shapes (see ``samsparse.backends.base.check_inputs``).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    kv_num = kv_idx = None
+    layout, bq, bk = LAYOUT_SEQUENCE, 0, 0
+    tgrid, tile = (0, 0), (0, 0)
+    if mask is not None:
+        idx = mask.to_indices(q.device)
+        kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
+        bq, bk = mask.block_size
+        if mask.layout == "tiles":
+            tgrid, tile = tuple(mask.grid), tuple(mask.tile)
+            if tile[1] >= tgrid[1]:
+                # full-width tiles are consecutive tokens: the sequence layout, same block ids
+                layout, bq, bk = LAYOUT_SEQUENCE, tile[0] * tgrid[1], tile[0] * tgrid[1]
+                tgrid, tile = (0, 0), (0, 0)
+            else:
+                layout = LAYOUT_TILES
+    rel_h = rel_w = rh = rw = None
+    qg, kg = (0, 0), (0, 0)
+    if rel_pos is not None:
+        qg, kg = tuple(rel_pos.q_grid), tuple(rel_pos.k_grid)
+        if rel_pos.rel_h is not None and rel_pos.rel_w is not None:
+            rel_h, rel_w = rel_pos.rel_h.to(q.device), rel_pos.rel_w.to(q.device)
+        else:
+            rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)
+    c = config or TileConfig(0, 0, 0, 0)
+    # eager calls skip the dispatcher (tens of microseconds); traced code sees the custom op
+    fn = torch.ops.samsparse.triton_attention if _tracing() else _attention_impl
+    return fn(
+        q, k, v, kv_num, kv_idx, rel_h, rel_w, rh, rw, scale,
+        layout, bq, bk, tgrid[0], tgrid[1], tile[0], tile[1], qg[0], qg[1], kg[0], kg[1],
+        c.block_m, c.block_n, c.num_warps, c.num_stages,
+    )
+
+
+# ---------------------------------------------------------------------------- varlen
+def _varlen_impl(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    head_mask_type: Optional[torch.Tensor],
+    scale: float,
+    block_q: int,
+    block_k: int,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    total_q, h, d = q.shape
+    hkv = k.shape[1]
+    batch = cu_seqlens_q.shape[0] - 1
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+    if total_q == 0 or batch <= 0:
+        return out, lse
+    masked = kv_num_blocks is not None
+    mq = math.ceil(max_seqlen_q / block_q) if masked else 0
+    geo = _Geometry(
+        batch=batch, heads=h, kv_heads=hkv, nq=max_seqlen_q, nk=max_seqlen_k, head_dim=d, dtype=q.dtype,
+        masked=masked, layout=LAYOUT_SEQUENCE, block_q=block_q if masked else 0, block_k=block_k if masked else 0,
+        num_q_blocks=mq, num_k_blocks=kv_indices.shape[3] if masked else 0, tile_grid=(1, 1), tile=(1, 1), has_rel=False, rel_k_grid=(1, 1),
+        varlen=True, has_head_mask=masked and head_mask_type is not None,
+    )
+    # packed [total, H, D] seen as [B=1 stride 0, H, token, D]; LSE [H, total]
+    qs = (0, q.stride(1), q.stride(0), q.stride(2))
+    ks = (0, k.stride(1), k.stride(0), k.stride(2))
+    vs = (0, v.stride(1), v.stride(0), v.stride(2))
+    os_ = (0, out.stride(1), out.stride(0), out.stride(2))
+    ls = (0, lse.stride(0), lse.stride(1))
+    cu_q = cu_seqlens_q.to(torch.int32)
+    cu_k = cu_seqlens_k.to(torch.int32)
+    kv_num = kv_num_blocks.to(torch.int32) if masked else None
+    kv_idx = kv_indices.to(torch.int32) if masked else None
+    hm = head_mask_type.to(torch.int32) if geo.has_head_mask else None
+    scale2 = float(scale) * LOG2E
+
+    def run(cfg: TileConfig) -> None:
+        _launch(geo, cfg, q, k, v, out, lse, qs, ks, vs, os_, ls, kv_num, kv_idx, hm, None, None, cu_q, cu_k, scale2)
+
+    with _device_ctx(q):
+        cfg = _pick_config(geo, q.device, run, _override(block_m, block_n, num_warps, num_stages))
+        run(cfg)
+    return out, lse
+
+
+@torch.library.custom_op("samsparse::triton_varlen_attention", mutates_args=())
+def _triton_varlen_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    kv_num_blocks: Optional[torch.Tensor],
+    kv_indices: Optional[torch.Tensor],
+    head_mask_type: Optional[torch.Tensor],
+    scale: float,
+    block_q: int,
+    block_k: int,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op form of :func:`triton_varlen_attention`: (out [total_q, H, D], lse [H, total_q])."""
+    return _varlen_impl(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices,
+        head_mask_type, scale, block_q, block_k, block_m, block_n, num_warps, num_stages,
+    )
+
+
+@_triton_varlen_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices,
+      head_mask_type, scale, block_q, block_k, block_m, block_n, num_warps, num_stages):
+    total_q, h, d = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((h, total_q), dtype=torch.float32)
+
+
+def triton_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    kv_num_blocks: torch.Tensor | None,
+    kv_indices: torch.Tensor | None,
+    scale: float | None = None,
+    head_mask_type: torch.Tensor | None = None,
+    *,
+    block_size: int | tuple[int, int] = 128,
+    return_lse: bool = False,
+    config: TileConfig | None = None,
+):
+    """Block-sparse attention over packed variable-length sequences.
+
+    Args:
+        q: [total_q, H, D]; k, v: [total_k, Hkv, D] (H % Hkv == 0), sequences packed
+            back to back; fp16/bf16/fp32; any strides.
+        cu_seqlens_q, cu_seqlens_k: int [B + 1] cumulative sequence starts (on q's device).
+        max_seqlen_q, max_seqlen_k: the longest sequence (sizes the launch; no host sync).
+        kv_num_blocks: int32 [B', H', Mq] with B' in {1, B}, H' in {1, H} and
+            Mq = ceil(max_seqlen_q / block_q) — key blocks read per query block of
+            each sequence (block ids count from the start of that sequence's keys);
+            None for dense attention.
+        kv_indices: int32 [B', H', Mq, Mk] — the key-block ids, valid ones first.
+        scale: softmax scale (default D ** -0.5).
+        head_mask_type: optional int [H]: 0 = dense for that head, nonzero = use
+            the block mask (all heads use the mask when None).
+        block_size: (bq, bk) tokens per mask block (int for both), default 128.
+        return_lse: also return the natural-log LSE, float32 [H, total_q].
+
+    Returns:
+        out [total_q, H, D] in q's dtype (and the LSE with ``return_lse``). Queries
+        whose block reads no key get output 0 and LSE -inf.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be packed [total, H, D], got shape {tuple(t.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q has {q.shape[1]} heads, k/v have {k.shape[1]}: need a multiple")
+    if q.shape[2] > MAX_HEAD_DIM:
+        raise NotImplementedError(f"head dim {q.shape[2]} > {MAX_HEAD_DIM} is not supported by the Triton kernel")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1:
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must both be [B + 1], got {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
+        )
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    if (kv_num_blocks is None) != (kv_indices is None):
+        raise ValueError("give both kv_num_blocks and kv_indices, or neither (dense)")
+    if kv_num_blocks is not None:
+        batch = cu_seqlens_q.shape[0] - 1
+        mq = math.ceil(max_seqlen_q / bq)
+        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
+            raise ValueError(
+                f"kv_num_blocks must be [B', H', Mq] and kv_indices [B', H', Mq, Mk], got "
+                f"{tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
+            )
+        if kv_num_blocks.shape[0] not in (1, batch) or kv_num_blocks.shape[1] not in (1, q.shape[1]):
+            raise ValueError(f"kv_num_blocks {tuple(kv_num_blocks.shape)} does not broadcast to B={batch}, H={q.shape[1]}")
+        if kv_num_blocks.shape[2] < mq:
+            raise ValueError(
+                f"kv_num_blocks has {kv_num_blocks.shape[2]} query blocks but max_seqlen_q={max_seqlen_q} "
+                f"with block {bq} needs {mq}"
+            )
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    c = config or TileConfig(0, 0, 0, 0)
+    fn = torch.ops.samsparse.triton_varlen_attention if _tracing() else _varlen_impl
+    out, lse = fn(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        kv_num_blocks, kv_indices, head_mask_type, scale, bq, bk,
+        c.block_m, c.block_n, c.num_warps, c.num_stages,
+    )
+    return (out, lse) if return_lse else out

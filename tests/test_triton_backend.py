@@ -1,0 +1,335 @@
+"""Triton backend on the CPU under TRITON_INTERPRET=1, against the float64 reference.
+
+Triton decides at import time whether its kernels are interpreted, and other
+test modules may already have imported it in this pytest process. So the
+kernel checks run once, in a fresh subprocess with ``TRITON_INTERPRET=1``
+(this file run as a script: ``python tests/test_triton_backend.py --worker
+OUT.json``), and each parametrized test asserts on its case's result. The
+cases live in ``tests/attention_cases.py`` (shared with the GPU tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):  # the worker runs as a script: make samsparse and the cases importable
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from attention_cases import INTERPRETER_CASES  # noqa: E402
+
+triton_installed = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"
+)
+
+EXTRA_CHECKS = ["varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag"]
+
+
+# ---------------------------------------------------------------------------- worker (subprocess)
+def _varlen_check(name: str) -> dict:
+    import math
+
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton import triton_varlen_attention
+    from samsparse.backends.triton.configs import TileConfig
+    from samsparse.masks import BlockMask
+
+    g = torch.Generator().manual_seed(5)
+    dtype = torch.float16 if "fp16" in name else torch.float32
+    h, hkv, d = (4, 2, 32) if "gqa" in name else (2, 2, 32)
+    lens_q = [19, 40, 7]
+    lens_k = [19, 33, 50] if "sparse" in name else [25, 40, 9]
+    bs = 16
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(lens_q), h, d, generator=g).to(dtype)
+    kv = torch.randn(sum(lens_k), 2, hkv, d, generator=g).to(dtype)
+    k, v = kv[:, 0], kv[:, 1]  # strided views
+    kv_num = kv_idx = head_mask = None
+    blocks = None
+    if "sparse" in name:
+        mq, mk = math.ceil(max(lens_q) / bs), math.ceil(max(lens_k) / bs)
+        blocks = torch.rand(len(lens_q), h, mq, mk, generator=g) < 0.5
+        blocks[..., 0] = True
+        mask = BlockMask(blocks, bs, (mq * bs, mk * bs))
+        idx = mask.to_indices()
+        kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
+        head_mask = torch.tensor([0] + [1] * (h - 1), dtype=torch.int32)
+    out, lse = triton_varlen_attention(
+        q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), kv_num, kv_idx, None, head_mask,
+        block_size=bs, return_lse=True, config=TileConfig(16, 16, 4, 1),
+    )
+    problems = []
+    worst = 0.0
+    for i in range(len(lens_q)):
+        qs, ks = slice(int(cu_q[i]), int(cu_q[i + 1])), slice(int(cu_k[i]), int(cu_k[i + 1]))
+        qi = q[qs].transpose(0, 1)[None]
+        ki, vi = k[ks].transpose(0, 1)[None], v[ks].transpose(0, 1)[None]
+        mask_i = None
+        if blocks is not None:
+            nq_i, nk_i = lens_q[i], lens_k[i]
+            bi = blocks[i : i + 1, :, : math.ceil(nq_i / bs), : math.ceil(nk_i / bs)].clone()
+            bi[:, 0] = True  # head 0 is dense (head_mask_type 0)
+            mask_i = BlockMask(bi, bs, (nq_i, nk_i), allow_empty_rows=True)
+        ref, ref_lse = reference_attention(qi, ki, vi, mask_i, return_lse=True)
+        got = out[qs].transpose(0, 1)[None]
+        err = float((got.double() - ref.double()).abs().max())
+        worst = max(worst, err)
+        tol = 1e-4 if dtype == torch.float32 else 1e-2
+        if err > tol:
+            problems.append(f"sequence {i}: max abs err {err:.3e} > {tol}")
+        fin = torch.isfinite(ref_lse[0])
+        if not torch.equal(fin, torch.isfinite(lse[:, qs])):
+            problems.append(f"sequence {i}: LSE finite pattern differs")
+        elif fin.any() and float((lse[:, qs][fin] - ref_lse[0][fin]).abs().max()) > (1e-4 if dtype == torch.float32 else 2e-2):
+            problems.append(f"sequence {i}: LSE differs")
+    return {"case": name, "ok": not problems, "problems": problems, "err": worst}
+
+
+def _compile_check() -> dict:
+    from attention_cases import Case, make_inputs
+
+    from samsparse.backends.triton.ops import attention
+
+    case = Case(1, 2, 2, (5, 7), 32, mask="random", block=16, rel="tables", seed=3)
+    q, k, v, mask, rel_pos = make_inputs(case)
+    eager, _ = attention(q, k, v, mask, rel_pos)
+    idx = mask.to_indices()
+
+    def fn(q, k, v, kv_num, kv_idx, rh, rw):
+        out, lse = torch.ops.samsparse.triton_attention(
+            q, k, v, kv_num, kv_idx, None, None, rh, rw, 32 ** -0.5,
+            0, 16, 16, 0, 0, 0, 0, 5, 7, 5, 7, 0, 0, 0, 0,
+        )
+        return out * 2, lse
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out, lse = compiled(q, k, v, idx.kv_num_blocks, idx.kv_indices, rel_pos.rh, rel_pos.rw)
+    err = float((out / 2 - eager).abs().max())
+    problems = [] if err <= 1e-6 else [f"compiled result differs from eager: {err:.3e}"]
+    if out.shape != q.shape:
+        problems.append(f"compiled output shape {tuple(out.shape)}")
+    # the public path (BlockMask / RelPos objects in) traces without a graph break too
+    torch._dynamo.reset()
+    whole = torch.compile(lambda q, k, v: attention(q, k, v, mask, rel_pos)[0], fullgraph=True, backend="aot_eager")
+    err2 = float((whole(q, k, v) - eager).abs().max())
+    if err2 > 1e-6:
+        problems.append(f"compiled attention() differs from eager: {err2:.3e}")
+    err = max(err, err2)
+    return {"case": "compile-fullgraph", "ok": not problems, "problems": problems, "err": err}
+
+
+def _opcheck() -> dict:
+    from attention_cases import Case, make_inputs
+
+    case = Case(1, 2, 1, (4, 5), 16, mask="random", block=16, rel="tables", strided=True, seed=4)
+    q, k, v, mask, rel_pos = make_inputs(case)
+    idx = mask.to_indices()
+    args = (
+        q, k, v, idx.kv_num_blocks, idx.kv_indices, None, None, rel_pos.rh, rel_pos.rw, 0.25,
+        0, 16, 16, 0, 0, 0, 0, 4, 5, 4, 5, 0, 0, 0, 0,
+    )
+    torch.library.opcheck(
+        torch.ops.samsparse.triton_attention.default, args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
+    return {"case": "opcheck", "ok": True, "problems": []}
+
+
+def _lse_flag_check() -> dict:
+    from attention_cases import Case, make_inputs
+
+    from samsparse.backends.triton import TritonBackend
+
+    q, k, v, mask, rel_pos = make_inputs(Case(1, 2, 2, (4, 4), 16, mask="none", rel="none"))
+    out = TritonBackend().attend(q, k, v)
+    both = TritonBackend().attend(q, k, v, return_lse=True)
+    ok = isinstance(out, torch.Tensor) and isinstance(both, tuple) and len(both) == 2 and torch.equal(out, both[0])
+    return {"case": "lse-flag", "ok": ok, "problems": [] if ok else ["return_lse flag not honoured"]}
+
+
+def _worker(out_path: str, only: set[str] | None) -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    for p in (str(ROOT), str(HERE)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import triton  # noqa: F401  (imported after the env is set)
+    from attention_cases import check, make_inputs
+
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton import kernel as tk
+    from samsparse.backends.triton.configs import TileConfig
+
+    results: dict[str, dict] = {}
+    if not tk.INTERPRET:
+        results["_fatal"] = {"ok": False, "problems": ["kernels are not interpreted (TRITON_INTERPRET not honoured)"]}
+    jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
+    for name, case in jobs:
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            if case is None:
+                if name.startswith("varlen"):
+                    res = _varlen_check(name)
+                elif name == "compile-fullgraph":
+                    res = _compile_check()
+                elif name == "opcheck":
+                    res = _opcheck()
+                else:
+                    res = _lse_flag_check()
+            else:
+                q, k, v, mask, rel_pos = make_inputs(case)
+                options = {}
+                if case.config:
+                    options["config"] = TileConfig(case.config[0], case.config[1], 4, 1)
+                backend = TritonBackend(options=options)
+                reason = backend.why_not(q, k, v, mask, rel_pos, return_lse=True)
+                if reason is not None:
+                    res = {"ok": False, "problems": [f"why_not: {reason}"]}
+                else:
+                    out, lse = backend.attend(q, k, v, mask, rel_pos, return_lse=True)
+                    res = check(case, q, k, v, mask, rel_pos, out, lse)
+        except Exception:
+            res = {"ok": False, "problems": [traceback.format_exc()]}
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = res
+        print(f"{name}: {'ok' if res['ok'] else 'FAIL'} ({res['seconds']}s)", file=sys.stderr, flush=True)
+    Path(out_path).write_text(json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------------- pytest side
+@pytest.fixture(scope="module")
+def interp_results():
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results.json"
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(out)],
+            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=1200,
+        )
+        if not out.exists():
+            pytest.fail(f"interpreter worker crashed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        results = json.loads(out.read_text())
+    fatal = results.get("_fatal")
+    if fatal:
+        pytest.fail("; ".join(fatal["problems"]))
+    return results
+
+
+def _assert_result(results: dict, name: str) -> None:
+    res = results.get(name)
+    assert res is not None, f"no result for {name}"
+    assert res["ok"], f"{name}: " + "\n".join(res["problems"]) + f"\n{ {k: v for k, v in res.items() if k != 'problems'} }"
+
+
+@triton_installed
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=[c.id for c in INTERPRETER_CASES])
+def test_interpreter_matches_reference(interp_results, case):
+    _assert_result(interp_results, case.id)
+
+
+@triton_installed
+@pytest.mark.parametrize("name", EXTRA_CHECKS)
+def test_interpreter_extra(interp_results, name):
+    _assert_result(interp_results, name)
+
+
+def test_interpreter_budget(interp_results):
+    total = sum(r.get("seconds", 0) for r in interp_results.values())
+    assert total < 300, f"interpreter checks took {total:.0f}s; keep the shapes small"
+
+
+# ---------------------------------------------------------------------------- no kernels needed
+def test_registered_and_reasons(monkeypatch):
+    from samsparse import backends
+    from samsparse.backends.base import AttentionCall
+    from samsparse.backends.triton import TritonBackend, backend as tb
+
+    assert "triton" in backends.names()
+    tri = backends.get("triton")
+    assert isinstance(tri, TritonBackend) and tri.priority == 30
+
+    def call(**kw):
+        base = dict(device=torch.device("cpu"), dtype=torch.float16, batch=1, heads=2, kv_heads=2, nq=8, nk=8,
+                    head_dim=64, layout=None, has_rel_pos=False, rel_pos_tables=False, return_lse=False)
+        base.update(kw)
+        return AttentionCall(**base)
+
+    monkeypatch.setattr(tb, "_interpret_mode", lambda: False)
+    assert "CPU" in tri._why_not(call())
+    assert "CUDA" in tri._why_not(call(device=torch.device("meta")))
+    monkeypatch.setattr(tb, "_interpret_mode", lambda: True)
+    assert tri._why_not(call()) is None
+    assert tri._why_not(call(layout="tiles", has_rel_pos=True, rel_pos_tables=True)) is None
+    assert "head dim" in tri._why_not(call(head_dim=512))
+    assert "empty" in tri._why_not(call(nk=0))
+    # dtype and availability reasons come from the public why_not
+    q = torch.randn(1, 2, 8, 16, dtype=torch.float64)
+    assert "dtype" in tri.why_not(q, q, q)
+    monkeypatch.setattr(tb.importlib.util, "find_spec", lambda name: None)
+    assert "not installed" in tri.is_available()
+
+
+def test_head_dim_split_covers_and_is_pow2():
+    from samsparse.backends.triton.configs import head_dim_split
+
+    for d in range(1, 257):
+        d1, d2 = head_dim_split(d)
+        assert d1 + d2 >= d and d1 >= 16 and (d1 & (d1 - 1)) == 0
+        assert d2 == 0 or (d2 >= 16 and (d2 & (d2 - 1)) == 0 and d1 < d)
+    assert head_dim_split(80) == (64, 16)
+    assert head_dim_split(64) == (64, 0)
+
+
+def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
+    from samsparse.backends.triton import configs
+
+    monkeypatch.setenv("SAMSPARSE_HOME", str(tmp_path))
+    configs.CACHE.clear_memory()
+    calls = []
+
+    def run(cfg):
+        calls.append(cfg)
+        if cfg.block_m == 64:
+            raise RuntimeError("out of resources")
+
+    pytest.importorskip("triton")
+    try:
+        import triton.testing  # noqa: F401
+    except Exception:
+        pytest.skip("triton.testing unavailable")
+    # a fake do_bench: the cache logic is what is tested here
+    monkeypatch.setattr("triton.testing.do_bench", lambda fn, **kw: (fn(), 1.0)[1])
+    cands = [configs.TileConfig(128, 64, 8, 3), configs.TileConfig(64, 64, 4, 3)]
+    best = configs.lookup_or_tune("k1", cands, run, configs.TileConfig(32, 32, 4, 1))
+    assert best == cands[0]
+    assert configs.cache_path() == tmp_path / "triton" / "autotune.json"
+    data = json.loads(configs.cache_path().read_text())
+    assert data["k1"]["config"]["block_m"] == 128
+    configs.CACHE.clear_memory()
+    n = len(calls)
+    assert configs.lookup_or_tune("k1", cands, run, cands[1]) == cands[0]
+    assert len(calls) == n, "a cached key must not be timed again"
+    configs.CACHE.clear_memory()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], set(sys.argv[3:]) or None)
+    else:
+        print("usage: python tests/test_triton_backend.py --worker OUT.json [CASE_ID ...]", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,141 @@
+"""Triton backend on a CUDA GPU: the full case grid of tests/attention_cases.py vs the reference.
+
+Run on the GPU machine: ``pytest -m gpu tests/test_triton_gpu.py``. Skipped without CUDA.
+Autotuning is switched off here (default tile configs, plus the forced configs
+of some cases), so the run stays short; the benchmark exercises the tuner.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+for _p in (str(HERE.parent), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from attention_cases import GPU_CASES, Case, check, make_inputs  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(__import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_autotune():
+    old = os.environ.get("SAMSPARSE_TRITON_AUTOTUNE")
+    os.environ["SAMSPARSE_TRITON_AUTOTUNE"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("SAMSPARSE_TRITON_AUTOTUNE", None)
+    else:
+        os.environ["SAMSPARSE_TRITON_AUTOTUNE"] = old
+
+
+def _backend(case: Case):
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton.configs import TileConfig
+
+    options = {}
+    if case.config:
+        options["config"] = TileConfig(case.config[0], case.config[1], 4, 2)
+    return TritonBackend(options=options)
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=[c.id for c in GPU_CASES])
+def test_gpu_matches_reference(case):
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    backend = _backend(case)
+    assert backend.why_not(q, k, v, mask, rel_pos, return_lse=True) is None
+    out, lse = backend.attend(q, k, v, mask, rel_pos, return_lse=True)
+    torch.cuda.synchronize()
+    res = check(case, q, k, v, mask, rel_pos, out, lse)
+    assert res["ok"], "\n".join(res["problems"]) + f"\n{ {k: v for k, v in res.items() if k != 'problems'} }"
+
+
+@pytest.mark.parametrize("config", [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)])
+def test_gpu_every_candidate_config_is_correct(config):
+    """The autotuner may pick any candidate: each must be right (key-row mode, 1 and 2 rows per step)."""
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton.configs import TileConfig
+
+    case = Case(2, 4, 4, (64, 64), 64, "bf16", mask="random", block=128, rel="tables", seed=3, density=0.3)
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
+    res = check(case, q, k, v, mask, rel_pos, out, lse)
+    assert res["ok"], "\n".join(res["problems"])
+
+
+def test_gpu_autotune_and_cache(tmp_path, monkeypatch):
+    from samsparse.backends.triton import configs, ops
+
+    monkeypatch.setenv("SAMSPARSE_HOME", str(tmp_path))
+    monkeypatch.setenv("SAMSPARSE_TRITON_AUTOTUNE", "1")
+    configs.CACHE.clear_memory()
+    ops._TUNED.clear()
+    case = Case(1, 2, 2, (16, 32), 64, "fp16", mask="none", rel="tables", seed=5)
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    out, lse = ops.attention(q, k, v, mask, rel_pos)
+    assert check(case, q, k, v, mask, rel_pos, out, lse)["ok"]
+    assert configs.cache_path().exists()
+    ops._TUNED.clear()
+    configs.CACHE.clear_memory()
+
+
+def test_gpu_varlen_matches_per_sequence():
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton import triton_varlen_attention
+    from samsparse.masks import BlockMask
+
+    g = torch.Generator().manual_seed(0)
+    lens = [300, 1000, 77]
+    h, d, bs = 4, 64, 128
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device="cuda")
+    total = sum(lens)
+    qkv = torch.randn(total, 3, h, d, generator=g).to("cuda", torch.bfloat16)
+    q, k, v = qkv.unbind(1)
+    m = math.ceil(max(lens) / bs)
+    blocks = torch.rand(len(lens), h, m, m, generator=g) < 0.5
+    blocks |= torch.eye(m, dtype=torch.bool)
+    idx = BlockMask(blocks, bs, m * bs).to("cuda").to_indices("cuda")
+    head_mask = torch.tensor([0, 1, 1, 1], dtype=torch.int32, device="cuda")
+    out = triton_varlen_attention(q, k, v, cu, cu, max(lens), max(lens), idx.kv_num_blocks, idx.kv_indices, None, head_mask)
+    for i, n in enumerate(lens):
+        s = slice(int(cu[i]), int(cu[i + 1]))
+        mb = math.ceil(n / bs)
+        bi = blocks[i : i + 1, :, :mb, :mb].clone()
+        bi[:, 0] = True
+        ref = reference_attention(
+            q[s].transpose(0, 1)[None], k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None],
+            BlockMask(bi, bs, n).to("cuda"),
+        )
+        err = (out[s].transpose(0, 1)[None].double() - ref.double()).abs().max().item()
+        assert err < 2e-2, f"sequence {i}: {err}"
+
+
+def test_gpu_torch_compile_no_graph_break():
+    from samsparse.backends.triton.ops import attention
+
+    case = Case(2, 4, 4, (32, 32), 64, "bf16", mask="random", block=128, rel="tables", seed=9)
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    eager, _ = attention(q, k, v, mask, rel_pos)
+    idx = mask.to_indices("cuda")
+
+    def fn(q, k, v, kv_num, kv_idx, rh, rw):
+        out, _ = torch.ops.samsparse.triton_attention(
+            q, k, v, kv_num, kv_idx, None, None, rh, rw, 64 ** -0.5, 0, 128, 128, 0, 0, 0, 0, 32, 32, 32, 32, 0, 0, 0, 0
+        )
+        return out.float() * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    out = compiled(q, k, v, idx.kv_num_blocks, idx.kv_indices, rel_pos.rh, rel_pos.rw)
+    assert (out / 2 - eager.float()).abs().max().item() < 1e-2
