@@ -16,6 +16,7 @@ for the form it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,21 @@ import torch.nn.functional as F
 __all__ = ["RelPos", "gather_rel_pos"]
 
 
+@lru_cache(maxsize=64)
+def _relative_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
+    """int64 [q_size, k_size] row index into the resized table, built on ``device`` (no host copy)."""
+    q_coords = torch.arange(q_size, device=device, dtype=torch.float32)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=device, dtype=torch.float32)[None, :] * max(q_size / k_size, 1.0)
+    return ((q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)).long()
+
+
 def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative-position table for every (query, key) coordinate pair along one axis.
 
     Same function as SAM's ``get_rel_pos``: resize ``rel_pos`` [L, D] linearly to
-    ``2*max(q_size, k_size)-1`` rows if needed, then index by scaled offset.
+    ``2*max(q_size, k_size)-1`` rows if needed, then index by scaled offset. The
+    index is built on the table's device and cached, so no host-device copy (and no
+    synchronisation) happens per call.
 
     Returns:
         [q_size, k_size, D] tensor, same dtype/device as ``rel_pos``.
@@ -38,10 +49,7 @@ def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
         resized = resized.reshape(-1, max_rel_dist).permute(1, 0)
     else:
         resized = rel_pos
-    q_coords = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
-    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return resized[relative.long().to(resized.device)]
+    return resized[_relative_index(q_size, k_size, resized.device)]
 
 
 @dataclass

@@ -49,16 +49,17 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an sm_80+ CUDA GPU")
 
 
 # ============================================================================ CPU: registration and reasons
-def test_registered_with_priority_above_triton():
+def test_registered_between_triton_and_flex():
+    # auto order follows measured speed: the Triton kernel is faster with SAM's rel-pos on an H100
     from samsparse import backends
     from samsparse.backends.cuda import CudaBackend
 
     assert "cuda" in backends.names()
     cb = backends.get("cuda")
-    assert isinstance(cb, CudaBackend) and cb.priority == 40
-    assert backends.names()[0] == "cuda"
+    assert isinstance(cb, CudaBackend)
     if "triton" in backends.names():
-        assert cb.priority > backends.get("triton").priority
+        assert cb.priority < backends.get("triton").priority
+    assert cb.priority > backends.get("flex").priority
 
 
 def test_import_builds_nothing():

@@ -343,7 +343,9 @@ class CudaBackend(Backend):
     """
 
     name = "cuda"
-    priority = 40
+    # below triton: on an H100 (benchmarks/RESULTS.md, 2026-11-23) the Triton kernel is faster
+    # with SAM's rel-pos (0.97x vs 0.53x of SDPA flash at d=64), so ``auto`` prefers it
+    priority = 25
     dtypes = (torch.float16, torch.bfloat16)
     head_dims = "multiples of 8 up to 256 (kernels: 32, 64, 80, 128, 256)"
     devices = "cuda (sm_80+)"
