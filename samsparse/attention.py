@@ -143,6 +143,7 @@ class SparseAttention(nn.Module):
         self.backend = backend
         object.__setattr__(self, "_original", None)
         self._chosen: dict[tuple, Backend] = {}
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_attention(
@@ -172,6 +173,7 @@ class SparseAttention(nn.Module):
         new.backend = backend
         object.__setattr__(new, "_original", attn)  # kept out of the module tree and the state_dict
         new._chosen = {}
+        new._tables = {}
         new.training = attn.training
         return new
 
@@ -190,18 +192,49 @@ class SparseAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, mask={self.mask_source.describe() or 'dense'}, backend={self.backend!r}"
 
-    def _backend_for(self, q, k, v, mask, rel_pos) -> Backend:
-        # backend support depends on shapes, dtype, device and the mask's layout, not its content
-        key = (q.shape, k.shape, q.dtype, q.device, None if mask is None else mask.layout)
+    def _backend_for(self, q, k, v, mask, rel_pos) -> tuple[Backend, bool]:
+        """The backend for this call, and whether the call was already checked for it.
+
+        Backend support depends on shapes, dtype, device and the mask's layout, not on
+        the mask's content, so the choice (and the input check that came with it) is
+        cached per such key: later calls go straight to the kernel.
+        """
+        key = (q.shape, k.shape, q.stride(), k.stride(), q.dtype, q.device, None if mask is None else mask.layout)
         chosen = self._chosen.get(key)
-        if chosen is None:
-            chosen = registry.select(q, k, v, mask, rel_pos, self.scale, backend=self.backend)
-            if len(self._chosen) > 64:  # bounded: varying input sizes must not grow memory
-                self._chosen.clear()
-            self._chosen[key] = chosen
-            if not torch.compiler.is_compiling():
-                log.debug("attention %s on %s uses backend %s", tuple(q.shape), q.device, chosen.name)
-        return chosen
+        if chosen is not None:
+            return chosen, True
+        chosen = registry.select(q, k, v, mask, rel_pos, self.scale, backend=self.backend)
+        if len(self._chosen) > 64:  # bounded: varying input sizes must not grow memory
+            self._chosen.clear()
+        self._chosen[key] = chosen
+        if not torch.compiler.is_compiling():
+            log.debug("attention %s on %s uses backend %s", tuple(q.shape), q.device, chosen.name)
+        return chosen, False
+
+    def _rel_pos(self, grid: tuple[int, int], dtype: torch.dtype) -> RelPos | None:
+        """Rel-pos tables gathered for ``grid`` in ``dtype``; cached while the parameters are unchanged.
+
+        Gathering (and casting) the tables costs two small kernels per call; in inference
+        they only change when the parameters do (tracked by their version counters).
+        """
+        if not self.use_rel_pos:
+            return None
+        h, w = self.rel_pos_h, self.rel_pos_w
+        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad))
+        key = None
+        if cacheable:
+            key = (grid, dtype, h.device, h.data_ptr(), w.data_ptr(), h._version, w._version)
+            hit = self._tables.get(key)
+            if hit is not None:
+                return RelPos(grid, grid, rh=hit[0], rw=hit[1])
+        rel_pos = RelPos.from_tables(h, w, grid)
+        if rel_pos.rh.dtype != dtype:
+            rel_pos.rh, rel_pos.rw = rel_pos.rh.to(dtype), rel_pos.rw.to(dtype)
+        if key is not None:
+            if len(self._tables) > 8:
+                self._tables.clear()
+            self._tables[key] = (rel_pos.rh, rel_pos.rw)
+        return rel_pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""
@@ -214,12 +247,13 @@ class SparseAttention(nn.Module):
         q_norm = getattr(self, "q_norm", None)
         if q_norm is not None and not isinstance(q_norm, nn.Identity):
             q, k = q_norm(q), self.k_norm(k)
-        rel_pos = RelPos.from_tables(self.rel_pos_h, self.rel_pos_w, (gh, gw)) if self.use_rel_pos else None
-        if rel_pos is not None and rel_pos.rh.dtype != q.dtype:
-            rel_pos.rh, rel_pos.rw = rel_pos.rh.to(q.dtype), rel_pos.rw.to(q.dtype)
+        rel_pos = self._rel_pos((gh, gw), q.dtype)
         mask = self.mask_source.get((gh, gw), self.num_heads, q, k)
-        backend = self._backend_for(q, k, v, mask, rel_pos)
-        out = backend.attend(q, k, v, mask, rel_pos, self.scale)
+        backend, checked = self._backend_for(q, k, v, mask, rel_pos)
+        if checked:
+            out = backend._attend(q, k, v, mask, rel_pos, self.scale, False)
+        else:
+            out = backend.attend(q, k, v, mask, rel_pos, self.scale)
         out = out.transpose(1, 2).reshape(b, gh, gw, -1)
         attn_drop = getattr(self, "attn_drop", None)
         if attn_drop is not None and self.training and attn_drop.p > 0:

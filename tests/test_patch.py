@@ -190,3 +190,18 @@ def test_recipe_patch_roundtrips_through_checkpoint(tiny_sam, image, tmp_path):
     assert patch_config(dense).mask is None
     with pytest.raises(ValueError, match="valid"):
         patch(copy.deepcopy(tiny_sam), mask="nonsense:density=0.5")
+
+
+def test_cached_rel_pos_tables_follow_parameter_updates(tiny_sam, image):
+    model = copy.deepcopy(tiny_sam)
+    patch(model, backend="sdpa", blocks="all")
+    with torch.no_grad():
+        first = model.image_encoder(image)
+        assert torch.equal(model.image_encoder(image), first)  # cache hit, same result
+        model.image_encoder.blocks[1].attn.rel_pos_h.mul_(2.0)  # in-place update bumps the version
+        updated = model.image_encoder(image)
+        reference = copy.deepcopy(tiny_sam)
+        reference.image_encoder.blocks[1].attn.rel_pos_h.mul_(2.0)
+        expected = reference.image_encoder(image)
+    assert not torch.equal(updated, first)
+    assert (updated - expected).abs().max() <= 1e-5
