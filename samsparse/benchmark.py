@@ -119,17 +119,19 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     """The encoder for one table row.
 
     'original', 'sdpa', 'dense', 'sparse:<recipe>[@all]', each optionally with
-    '+compile' (torch.compile of the whole encoder, default mode).
+    '+compile' (torch.compile of the whole encoder, default mode) or '+graphs'
+    (torch.compile mode "reduce-overhead": CUDA graphs).
     """
-    if variant.endswith("+compile"):
-        model = _variant_model(base, variant[: -len("+compile")], device, dtype)
-        if variant.startswith("original"):
-            model.forward = torch.compile(model.forward, dynamic=False)
-        else:
-            from .fast import optimize
+    for suffix, mode in (("+compile", "default"), ("+graphs", "reduce-overhead")):
+        if variant.endswith(suffix):
+            model = _variant_model(base, variant[: -len(suffix)], device, dtype)
+            if variant.startswith("original"):
+                model.forward = torch.compile(model.forward, dynamic=False, mode=None if mode == "default" else mode)
+            else:
+                from .fast import optimize
 
-            optimize(model, dtype=None, compile="default")
-        return model
+                optimize(model, dtype=None, compile=mode)
+            return model
     model = copy.deepcopy(base)
     if variant == "original":
         pass

@@ -70,7 +70,8 @@ def optimize(
     enc = encoder_of(model)
     if not is_patched(model):
         patch(model, mask=mask, backend=backend, blocks=blocks)
-    device = next(enc.parameters()).device
+    param = next(enc.parameters())
+    device = param.device
     if dtype is not None:
         enc.to(dtype)
         for handle in getattr(enc, _HOOKS_ATTR, ()):
@@ -86,7 +87,8 @@ def optimize(
         handles = (enc.register_forward_pre_hook(cast_in), enc.register_forward_hook(cast_out))
         object.__setattr__(enc, _HOOKS_ATTR, handles)
     size = _encoder_input_size(enc)
-    example = torch.zeros(example_batch, 3, size, size, device=device)
+    # the warm-up input has the encoder's own dtype (the cast hook, if any, handles float32 too)
+    example = torch.zeros(example_batch, 3, size, size, device=device, dtype=dtype or param.dtype)
     with torch.no_grad():
         enc(example)  # fills mask and backend caches outside of any compiled region
     if compile:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", nargs="*", default=DEFAULT_RECIPES, help="sparse recipes for the global blocks")
     p.add_argument("--all-blocks-recipes", nargs="*", default=[], help="recipes applied to every block")
     p.add_argument("--compile", action="store_true", help="also time original+compile and dense+compile")
+    p.add_argument("--extra-variants", nargs="*", default=[], help="more variants, e.g. 'sparse:hierarchical:density=0.25+compile'")
     p.add_argument("--no-fp32", action="store_true", help="skip the original fp32 row")
     p.add_argument("--img-size", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=20)
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     variants += [f"sparse:{r}@all" for r in args.all_blocks_recipes]
     if args.compile:
         variants += ["original+compile", "dense+compile"]
+    variants += args.extra_variants
     rows = []
     for model in args.models:
         if not args.no_fp32 and args.dtype != "fp32":

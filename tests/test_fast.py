@@ -51,3 +51,12 @@ def test_optimize_patches_unpatched_model_and_rejects_non_sam():
     assert samsparse.patch_config(model).blocks == [0, 1]
     with pytest.raises(TypeError, match="neither a Sam"):
         optimize(torch.nn.Linear(2, 2))
+
+
+def test_optimize_on_an_encoder_already_in_bf16(tiny):
+    model = copy.deepcopy(tiny)
+    model.image_encoder.to(torch.bfloat16)
+    optimize(model.image_encoder, dtype=None, backend="sdpa")  # warm-up must use the encoder's dtype
+    with torch.no_grad():
+        out = model.image_encoder(torch.randn(1, 3, 128, 128, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
