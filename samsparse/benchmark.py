@@ -227,15 +227,17 @@ def bench_encoder(
                     out = model(xin)
                     _sync(device)
                     first = time.perf_counter() - t0
+                    # deviation now: a CUDA-graph replay may reuse the output's memory later
+                    diff = out.float() - ref
+                    del out
                     ms, p90 = time_fn(lambda: model(xin), device, warmup, repeat)
                 peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-                diff = out.float() - ref
                 res = EncoderResult(
                     model=model_type, variant=variant, batch=batch, dtype=dtype_name, ms=ms, ms_p90=p90,
                     images_per_s=batch / ms * 1e3, peak_mem_gb=peak, max_dev=float(diff.abs().max()),
                     rel_dev=float(diff.norm() / ref.norm()), first_call_s=first, backend=_backends_used(model),
                 )
-                del model, out
+                del model
             except Exception as exc:  # one failing contender must not hide the others
                 log.exception("variant %s failed", variant)
                 res = EncoderResult(model_type, variant, batch, dtype_name, *(float("nan"),) * 7, error=f"{type(exc).__name__}: {exc}")
