@@ -28,7 +28,19 @@ import torch
 from ..masks.block_mask import BlockMask
 from ..relpos import RelPos
 
-__all__ = ["Backend", "AttentionCall", "check_inputs", "UnsupportedCall"]
+__all__ = [
+    "Backend",
+    "AttentionCall",
+    "check_inputs",
+    "UnsupportedCall",
+    "MaskKernelArgs",
+    "mask_kernel_args",
+    "LAYOUT_SEQUENCE",
+    "LAYOUT_TILES",
+]
+
+LAYOUT_SEQUENCE = 0  # kernel code of the "sequence" layout
+LAYOUT_TILES = 1  # kernel code of the "tiles" layout
 
 
 class UnsupportedCall(NotImplementedError):
@@ -232,3 +244,39 @@ def token_mask_for(mask: BlockMask | None, device: torch.device) -> torch.Tensor
     if key not in cache:
         cache[key] = mask.to_token_mask(device)
     return cache[key]
+
+
+@dataclass(frozen=True)
+class MaskKernelArgs:
+    """What a kernel needs of a mask: index form plus the token->block geometry as ints.
+
+    kv_num_blocks / kv_indices: int32 index form (None when dense); layout:
+    LAYOUT_SEQUENCE or LAYOUT_TILES; block_q / block_k: tokens per block (0 when
+    dense); tile_grid / tile: (gh, gw) and (th, tw) for LAYOUT_TILES, else (0, 0).
+    """
+
+    kv_num_blocks: torch.Tensor | None = None
+    kv_indices: torch.Tensor | None = None
+    layout: int = LAYOUT_SEQUENCE
+    block_q: int = 0
+    block_k: int = 0
+    tile_grid: tuple[int, int] = (0, 0)
+    tile: tuple[int, int] = (0, 0)
+
+
+def mask_kernel_args(mask: BlockMask | None, device: torch.device) -> MaskKernelArgs:
+    """Kernel arguments for ``mask`` on ``device`` (indices cached on the mask).
+
+    Tiles as wide as the grid are runs of consecutive tokens, so they are handed to
+    kernels as the sequence layout with the same block ids (the faster path).
+    """
+    if mask is None:
+        return MaskKernelArgs()
+    idx = mask.to_indices(device)
+    bq, bk = mask.block_size
+    if mask.layout == "tiles":
+        (gh, gw), (th, tw) = mask.grid, mask.tile
+        if tw < gw:
+            return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_TILES, bq, bk, (gh, gw), (th, tw))
+        bq = bk = th * gw
+    return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_SEQUENCE, bq, bk)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..base import AttentionCall, Backend
+from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, AttentionCall, Backend, mask_kernel_args
 
 __all__ = [
     "CudaBackend",
@@ -29,8 +29,6 @@ __all__ = [
     "last_launch",
 ]
 
-LAYOUT_SEQUENCE = 0
-LAYOUT_TILES = 1
 KERNEL_HEAD_DIMS = (32, 64, 80, 128, 256)
 
 # Mirror of Cfg<D> in csrc/fwd_kernel.cuh: (block_m, block_n, Q kept in registers).
@@ -180,21 +178,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_
     The caller validates shapes (``samsparse.backends.base.check_inputs``).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    kv_num = kv_idx = None
-    layout, bq, bk = LAYOUT_SEQUENCE, 0, 0
-    tgrid, tile = (0, 0), (0, 0)
-    if mask is not None:
-        idx = mask.to_indices(q.device)
-        kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
-        bq, bk = mask.block_size
-        if mask.layout == "tiles":
-            tgrid, tile = tuple(mask.grid), tuple(mask.tile)
-            if tile[1] >= tgrid[1]:
-                # full-width tiles are runs of consecutive tokens: the sequence layout, same block ids
-                layout, bq, bk = LAYOUT_SEQUENCE, tile[0] * tgrid[1], tile[0] * tgrid[1]
-                tgrid, tile = (0, 0), (0, 0)
-            else:
-                layout = LAYOUT_TILES
+    m = mask_kernel_args(mask, q.device)
     rel_h = rel_w = None
     kg = (0, 0)
     if rel_pos is not None:
@@ -203,8 +187,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_
         if rel_h.dtype != q.dtype:
             rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
     return torch.ops.samsparse.cuda_attention(
-        q, k, v, kv_num, kv_idx, rel_h, rel_w, scale,
-        layout, bq, bk, tgrid[0], tgrid[1], tile[0], tile[1], kg[0], kg[1],
+        q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, scale,
+        m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, kg[0], kg[1],
     )
 
 

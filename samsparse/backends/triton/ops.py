@@ -24,11 +24,10 @@ import torch
 
 from . import configs as _cfg
 from .configs import TileConfig, head_dim_split, next_pow2
+from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, mask_kernel_args
 
 __all__ = ["attention", "triton_varlen_attention", "relpos_terms", "LAYOUT_SEQUENCE", "LAYOUT_TILES"]
 
-LAYOUT_SEQUENCE = 0
-LAYOUT_TILES = 1
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
@@ -529,21 +528,7 @@ def attention(
     The caller validates shapes (see ``samsparse.backends.base.check_inputs``).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    kv_num = kv_idx = None
-    layout, bq, bk = LAYOUT_SEQUENCE, 0, 0
-    tgrid, tile = (0, 0), (0, 0)
-    if mask is not None:
-        idx = mask.to_indices(q.device)
-        kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
-        bq, bk = mask.block_size
-        if mask.layout == "tiles":
-            tgrid, tile = tuple(mask.grid), tuple(mask.tile)
-            if tile[1] >= tgrid[1]:
-                # full-width tiles are consecutive tokens: the sequence layout, same block ids
-                layout, bq, bk = LAYOUT_SEQUENCE, tile[0] * tgrid[1], tile[0] * tgrid[1]
-                tgrid, tile = (0, 0), (0, 0)
-            else:
-                layout = LAYOUT_TILES
+    m = mask_kernel_args(mask, q.device)
     rel_h = rel_w = rh = rw = None
     qg, kg = (0, 0), (0, 0)
     if rel_pos is not None:
@@ -556,8 +541,8 @@ def attention(
     # eager calls skip the dispatcher (tens of microseconds); traced code sees the custom op
     fn = torch.ops.samsparse.triton_attention if _tracing() else _attention_impl
     return fn(
-        q, k, v, kv_num, kv_idx, rel_h, rel_w, rh, rw, scale,
-        layout, bq, bk, tgrid[0], tgrid[1], tile[0], tile[1], qg[0], qg[1], kg[0], kg[1],
+        q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
+        m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
         c.block_m, c.block_n, c.num_warps, c.num_stages,
     )
 
