@@ -637,11 +637,14 @@ def test_gpu_compile_fullgraph_and_opcheck():
 
 @gpu
 @needs_gpu
-def test_gpu_auto_selects_cuda_and_lse_flag():
+def test_gpu_auto_order_and_lse_flag():
     from samsparse import backends
 
     q, k, v, mask, rel_pos = make_inputs(Case(1, 2, 2, (8, 8), 64, "fp16", mask="none", rel="tables"), "cuda")
-    assert backends.select(q, k, v, None, rel_pos).name == "cuda"
+    # auto follows measured speed: Triton first where it runs, else this backend
+    triton_ok = "triton" in backends.names() and backends.get("triton").why_not(q, k, v, None, rel_pos) is None
+    assert backends.select(q, k, v, None, rel_pos).name == ("triton" if triton_ok else "cuda")
+    assert backends.select(q, k, v, None, rel_pos, exclude=("reference", "triton")).name == "cuda"
     out = backends.get("cuda").attend(q, k, v)
     both = backends.get("cuda").attend(q, k, v, return_lse=True)
     assert isinstance(out, torch.Tensor) and torch.equal(out, both[0])
