@@ -205,3 +205,32 @@ def test_cached_rel_pos_tables_follow_parameter_updates(tiny_sam, image):
         expected = reference.image_encoder(image)
     assert not torch.equal(updated, first)
     assert (updated - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "name,depth,global_blocks",
+    [("vit_b", 12, [2, 5, 8, 11]), ("vit_l", 24, [5, 11, 17, 23]), ("vit_h", 32, [7, 15, 23, 31])],
+)
+def test_official_sizes_patch_on_meta_device(name, depth, global_blocks):
+    """Full-size segment_anything models (built on the meta device: no memory) patch by structure."""
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        sam = sam_model_registry[name]()
+    keys = list(sam.state_dict())
+    patch(sam, mask="hierarchical:density=0.25")
+    cfg = patch_config(sam)
+    assert cfg.global_blocks == global_blocks and cfg.blocks == global_blocks and cfg.encoder["depth"] == depth
+    assert list(sam.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name,global_blocks", [("samvit_large_patch16", [5, 11, 17, 23]), ("samvit_huge_patch16", [7, 15, 23, 31])])
+def test_timm_official_sizes_patch_on_meta_device(name, global_blocks):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    patch(model, blocks="all")
+    assert patch_config(model).global_blocks == global_blocks
+    assert all(isinstance(b.attn, SparseAttention) for b in model.blocks)
+    unpatch(model)
+    assert not any(isinstance(m, SparseAttention) for m in model.modules())
