@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .patch import patch, patch_config
+from .patch import patch
 
 __all__ = ["EncoderResult", "build_encoder", "bench_encoder", "quick_table", "time_fn", "ENCODER_CONFIGS", "markdown_table"]
 

@@ -124,7 +124,7 @@ def _cuda_attention_op(
     rel_k_grid_w: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse = _empty_out(q)
-    nq, nk = q.shape[2], k.shape[2]
+    nk = k.shape[2]
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     if nk == 0 or q.shape[3] == 0:
