@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -39,6 +38,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from torch import nn
 
+from .checkpoints.patched import resolve_checkpoint
 from .io import ensure_rgb_uint8
 from .patch import is_patched, patch, patch_config
 from .prompts import check_box, check_points
@@ -513,30 +513,6 @@ class SparseAutomaticMaskGenerator(SamAutomaticMaskGenerator):
 # --------------------------------------------------------------------------------------
 
 
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or text.lower().endswith((".pth", ".pt", ".bin", ".ckpt"))
-
-
-def resolve_checkpoint(model: str | os.PathLike, progress: bool = True) -> Path:
-    """A checkpoint path from a local path or an official name ("vit_b", ...; downloaded on first use).
-
-    Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: an unknown name (lists the valid ones).
-        DownloadError: the official file could not be fetched (message says what to do).
-    """
-    from .checkpoints import download, get_checkpoint_info
-
-    text = os.fspath(model)
-    p = Path(text).expanduser()
-    if p.exists():
-        return p
-    if _looks_like_path(text):
-        raise FileNotFoundError(f"checkpoint {text!r} does not exist; check the path, or pass a name like 'vit_b'")
-    get_checkpoint_info(text)  # ValueError with the valid names
-    return download(text, progress=progress)
-
-
 def load_model(
     path: str | os.PathLike,
     mask: Any = None,
@@ -551,27 +527,10 @@ def load_model(
     ``model_type`` ("vit_b", "vit_l", "vit_h", "custom"), when given, must match the
     type inferred from the weights' shapes (ValueError otherwise).
     """
-    try:
-        from .checkpoints.patched import load as _load
-    except ImportError:
-        _load = None
-    if _load is not None:
-        kwargs = {k: v for k, v in (("mask", mask), ("backend", backend), ("blocks", blocks)) if v is not None}
-        sam = _load(path, progress=False, **kwargs)
-    else:  # fallback while samsparse.load is not available
-        from .checkpoints import build_sam_from_state_dict, load_checkpoint
-        from .patch import PatchConfig
+    from .checkpoints.patched import load as _load
 
-        sd, cfg = load_checkpoint(path)
-        sam = build_sam_from_state_dict(sd, cfg)
-        if cfg:
-            pc = PatchConfig.from_dict(cfg) if "blocks" in cfg else None
-            if pc is not None:
-                mask = mask if mask is not None else pc.mask
-                backend = backend if backend is not None else pc.backend
-                blocks = blocks if blocks is not None else pc.block_selector
-        if mask is not None or backend is not None or blocks is not None:
-            patch(sam, mask=mask, backend=backend or "auto", blocks=blocks or "global")
+    kwargs = {k: v for k, v in (("mask", mask), ("backend", backend), ("blocks", blocks)) if v is not None}
+    sam = _load(path, progress=False, **kwargs)
     if model_type is not None:
         from .checkpoints import infer_model_type
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..patch import FORMAT_VERSION, PatchConfig, patch, patch_config
 from .download import download
 from .loading import build_sam_from_state_dict, infer_encoder_config, infer_model_type, load_checkpoint, save_checkpoint
-from .registry import ALIASES, CHECKPOINTS
+from .registry import get_checkpoint_info
 
 __all__ = ["save", "load", "resolve_checkpoint"]
 
@@ -79,20 +79,26 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     return save_checkpoint(path, state, config)
 
 
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.lower().endswith((".pth", ".pt", ".bin", ".ckpt"))
+
+
 def resolve_checkpoint(model: str | os.PathLike, progress: bool = True) -> Path:
-    """A checkpoint path for an official name ("vit_b", ...; downloaded on first use) or a file path."""
-    name = str(model)
-    path = Path(name).expanduser()
-    if path.is_file():
+    """A checkpoint path from a local path or an official name ("vit_b", ...; downloaded on first use).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: an unknown name (lists the valid ones).
+        DownloadError: the official file could not be fetched (message says what to do).
+    """
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.exists():
         return path
-    if name in CHECKPOINTS or name.lower() in ALIASES:
-        return download(name, progress=progress)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {name!r} is neither a file nor an official model name "
-            f"({', '.join(sorted(CHECKPOINTS))})"
-        )
-    return path
+    if _looks_like_path(text):
+        raise FileNotFoundError(f"checkpoint {text!r} does not exist; check the path, or pass a name like 'vit_b'")
+    get_checkpoint_info(text)  # ValueError with the valid names
+    return download(text, progress=progress)
 
 
 def load(
