@@ -38,6 +38,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import _atomic
+from ._atomic import TMP_SUFFIX
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
@@ -68,7 +71,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
-TMP_SUFFIX = ".samsparse-tmp"
 #: Images with more pixels than this are refused outright (about 3 GB as RGB).
 HARD_PIXEL_LIMIT = 1_000_000_000
 
@@ -405,10 +407,6 @@ def _test_hook(stage: str, tmp: Path) -> None:
         raise KeyboardInterrupt(f"SAMSPARSE_TEST_INTERRUPT after write {n} ({tmp})")
 
 
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}{TMP_SUFFIX}")
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is moved onto ``path`` (os.replace).
@@ -417,18 +415,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` is left as it was. The writer should flush and fsync what it writes.
     """
     global _WRITES
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
-    try:
+    with _atomic.atomic_path(path, before_replace=lambda tmp: _test_hook("before_replace", tmp)) as tmp:
         yield tmp
-        _test_hook("before_replace", tmp)
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     _WRITES += 1
-    _test_hook("after_replace", final)
+    _test_hook("after_replace", Path(path))
 
 
 def _write_with(path: str | os.PathLike, fill: Callable[[Any], None]) -> Path:

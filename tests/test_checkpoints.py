@@ -544,3 +544,17 @@ def test_official_layout_error_mentions_model_type(meta_state_dicts):
     sd.pop("image_encoder.neck.1.weight")
     with pytest.raises(ValueError, match=r"'vit_b'.*neck\.1\.weight"):
         build_sam_from_state_dict(sd)
+
+
+def test_save_checkpoint_failure_leaves_no_file(tmp_path, monkeypatch):
+    from samsparse.checkpoints import save_checkpoint
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ckpt.pth", {"w": torch.zeros(2)})
+    assert list(tmp_path.iterdir()) == []

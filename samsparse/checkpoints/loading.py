@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._atomic import atomic_path
 from .registry import OFFICIAL_ENCODER_CONFIGS
 
 __all__ = [
@@ -224,9 +225,8 @@ def save_checkpoint(
     if samsparse_config is not None:
         _check_plain(dict(samsparse_config), "samsparse_config")
         payload[_CONFIG_KEY] = dict(samsparse_config)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:  # no partial or leftover file if saving fails
+        torch.save(payload, tmp)
     return p
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
 
+from .._atomic import atomic_path
 from .block_mask import BlockMask
 
 __all__ = ["render_mask", "render_query_tile", "save_png"]
@@ -23,17 +23,8 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 [H, W, 3] image as PNG, atomically (temp file in the same folder, then os.replace)."""
     from PIL import Image
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def _colour(blocks: np.ndarray) -> np.ndarray:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+from ..._atomic import atomic_path
 
 __all__ = [
     "TileConfig",
@@ -220,10 +221,8 @@ class _DiskCache:
                 except (FileNotFoundError, ValueError):
                     data = {}
                 data[key] = {"config": asdict(config), "ms": timings}
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune.", suffix=".tmp")
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(data, fh, indent=1, sort_keys=True)
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
             except OSError as exc:
                 log.warning("could not write the Triton autotune cache %s: %s", path, exc)
 
