@@ -195,8 +195,7 @@ class Backend:
         reason = self.why_not(q, k, v, mask, rel_pos, scale, return_lse)
         if reason is not None:
             raise UnsupportedCall(f"backend {self.name!r} cannot run this call: {reason}")
-        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        return self._attend(q, k, v, mask, rel_pos, scale, return_lse)
+        return self._attend(q, k, v, mask, rel_pos, resolve_scale(q, scale), return_lse)
 
     def _attend(
         self,
@@ -223,6 +222,11 @@ class Backend:
 
 
 BackendFactory = Callable[[], Backend]
+
+
+def resolve_scale(q: torch.Tensor, scale: float | None) -> float:
+    """The softmax scale of a call: ``scale``, or D ** -0.5 for q [..., D] when None."""
+    return q.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
 def expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:

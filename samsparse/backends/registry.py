@@ -12,7 +12,7 @@ import torch
 
 from ..masks.block_mask import BlockMask
 from ..relpos import RelPos
-from .base import Backend, BackendFactory, check_inputs
+from .base import Backend, BackendFactory, check_inputs, resolve_scale
 
 __all__ = ["register", "get", "names", "available", "select", "attend", "backend_table"]
 
@@ -106,7 +106,8 @@ def attend(
     """
     check_inputs(q, k, v, mask, rel_pos)
     chosen = select(q, k, v, mask, rel_pos, scale, return_lse, backend=backend)
-    return chosen.attend(q, k, v, mask, rel_pos, scale, return_lse)
+    # inputs checked and the backend's why_not passed in select(): run it directly
+    return chosen._attend(q, k, v, mask, rel_pos, resolve_scale(q, scale), return_lse)
 
 
 def backend_table() -> list[dict]:
