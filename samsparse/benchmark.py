@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .attention import MaskSource, SparseAttention
 from .patch import patch
 
 __all__ = ["EncoderResult", "build_encoder", "bench_encoder", "quick_table", "time_fn", "ENCODER_CONFIGS", "markdown_table"]
@@ -141,33 +142,21 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
         patch(model, backend="auto", blocks="all")
     elif variant.startswith("sparse:"):
         recipe = variant[len("sparse:"):]
-        blocks = "global"
         if recipe.endswith("@all"):
-            recipe, blocks = recipe[: -len("@all")], "all"
-        if blocks == "all":
-            # windowed blocks stay dense: the recipe applies to the global blocks
-            patch(model, backend="auto", blocks="all")
-            from .attention import MaskSource
-
-            source = MaskSource(recipe)
-            for blk in model.blocks:
-                blk.attn.mask_source = source
+            patch(model, mask=recipe[: -len("@all")], backend="auto", blocks="all")
         else:
+            # the recipe on the global blocks; windowed blocks patched too (fast kernel) but dense
             patch(model, mask=recipe, backend="auto", blocks="all")
-            windowed = [i for i, b in enumerate(model.blocks) if b.window_size > 0]
-            from .attention import MaskSource
-
             dense = MaskSource(None)
-            for i in windowed:
-                model.blocks[i].attn.mask_source = dense
+            for blk in model.blocks:
+                if blk.window_size > 0:
+                    blk.attn.mask_source = dense
     else:
         raise ValueError(f"unknown variant {variant!r}")
     return model.to(device=device, dtype=dtype).eval()
 
 
 def _backends_used(model: nn.Module) -> str:
-    from .attention import SparseAttention
-
     names = sorted({b.name for m in model.modules() if isinstance(m, SparseAttention) for b in m._chosen.values()})
     return ",".join(names)
 
