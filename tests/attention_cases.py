@@ -234,6 +234,9 @@ def _interp_cases() -> list[Case]:
     c.append(Case(1, 2, 2, (3, 32), 32, mask="none", rel="tables", config=(32, 64), seed=26))
     c.append(Case(1, 2, 2, (5, 32), 32, mask="random", block=64, rel="terms", config=(32, 64), seed=27))
     c.append(Case(1, 2, 2, (4, 32), 32, "fp16", mask="random", block=128, rel="tables", config=(16, 64), seed=28))
+    # gathered bias (grid too wide for the one-hot products, too narrow for key rows)
+    c.append(Case(1, 2, 2, (6, 20), 32, mask="random", block=16, rel="tables", seed=29))
+    c.append(Case(1, 2, 2, (6, 20), 32, mask="none", rel="terms", seed=30))
     # split query blocks / several steps per key block
     c.append(Case(1, 2, 2, (8, 8), 32, mask="random", block=32, rel="tables", config=(16, 16), seed=13))
     c.append(Case(1, 2, 2, (10, 10), 32, mask="random", block=24, rel="none", config=(16, 16), seed=14))
@@ -270,6 +273,10 @@ def _gpu_cases() -> list[Case]:
         for tile in ((8, 16), (4, 4), (3, 5), (16, 16)):
             c.append(Case(1, 4, 4, (32, 32), 64, dtype, mask="tiles", tile=tile, rel="tables", seed=tile[0]))
         c.append(Case(1, 4, 4, (30, 33), 80, dtype, mask="tiles", tile=(8, 16), rel="tables", seed=31))
+        # SAM windows as the encoder calls them (many windows, strided q/k/v), gathered-bias grid
+        c.append(Case(50, 12, 12, (14, 14), 64, dtype, mask="none", rel="tables", strided=True, seed=32))
+        c.append(Case(2, 4, 4, (14, 14), 64, dtype, mask="random", block=49, rel="terms", seed=33))
+        c.append(Case(2, 4, 4, (12, 24), 64, dtype, mask="none", rel="tables", seed=34))
         # SAM global attention shapes (64x64 grid)
         c.append(Case(1, 12, 12, (64, 64), 64, dtype, mask="none", rel="tables", strided=True, seed=40))
         c.append(Case(1, 16, 16, (64, 64), 80, dtype, mask="random", block=128, rel="tables", strided=True, seed=41, density=0.25))

@@ -36,6 +36,7 @@ __all__ = [
     "autotune_enabled",
     "cache_path",
     "candidates",
+    "window_candidates",
     "default_config",
     "device_name",
     "head_dim_split",
@@ -122,6 +123,26 @@ def candidates(head_dim: int, dtype: torch.dtype, block_n_fixed: int | None = No
             c = TileConfig(c.block_m, block_n_fixed, c.num_warps, c.num_stages)
         if c not in out:
             out.append(c)
+    return out
+
+
+def window_candidates(head_dim: int) -> list[TileConfig]:
+    """Configs worth timing for short sequences with the one-hot bias (SAM's 196-token windows).
+
+    BLOCK_N = 256 reads a whole window in one step (no online-softmax rescaling).
+    """
+    if head_dim > 128:
+        return [TileConfig(64, 64, 4, 2), TileConfig(32, 128, 4, 2), TileConfig(64, 128, 8, 2)]
+    out = [
+        TileConfig(64, 256, 4, 2),
+        TileConfig(64, 256, 8, 2),
+        TileConfig(128, 256, 8, 2),
+        TileConfig(64, 128, 4, 2),
+        TileConfig(128, 128, 8, 2),
+        TileConfig(64, 64, 4, 3),
+    ]
+    if head_dim > 64:
+        out = [c for c in out if not (c.block_m == 128 and c.block_n == 256)]
     return out
 
 

@@ -156,6 +156,8 @@ def _attn_fwd(
     RGW: tl.constexpr,  # rel-pos key grid width
     ROWS: tl.constexpr,  # 0, or key-grid rows per step (sequence layout + rel-pos; 2 needs BLOCK_N == 2 * RGW)
     TILE_REL: tl.constexpr,  # tiles layout and rel key grid == tile grid: row/col from the tile
+    REL_DOT: tl.constexpr,  # small key grid: bias = rel_h @ onehot(row) + rel_w @ onehot(col) on tensor cores
+    RGH: tl.constexpr, RHP: tl.constexpr, RWP: tl.constexpr,  # rel key grid height; padded widths of the one-hots
     SPLIT_M: tl.constexpr,  # programs per query block
     SUB_N: tl.constexpr,  # loop steps per key block
     DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr, HAS_REL: tl.constexpr, VARLEN: tl.constexpr,
@@ -251,6 +253,17 @@ def _attn_fwd(
                 relw_rows[:, None] + (offs_n % RGW)[None, :] * swc, q_ok[:, None], EVEN_Q
             ).to(tl.float32) * 1.4426950408889634
             second_row = offs_n >= RGW
+        if REL_DOT:
+            # the query rows' whole rel_h / rel_w (small key grid), loaded once per program
+            offs_rh = tl.arange(0, RHP)
+            offs_rw = tl.arange(0, RWP)
+            relh_q = tl.load(
+                relh_rows[:, None] + offs_rh[None, :] * shr, mask=q_ok[:, None] & (offs_rh < RGH)[None, :], other=0.0
+            )
+            relw_q = tl.load(
+                relw_rows[:, None] + offs_rw[None, :] * swc, mask=q_ok[:, None] & (offs_rw < RGW)[None, :], other=0.0
+            )
+            sm_scale = qk_scale * 0.6931471805599453  # natural-log units; log2(e) goes into the exponent
 
     if DENSE:
         offs_mk = 0
@@ -265,7 +278,7 @@ def _attn_fwd(
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
 
     total = n_kv * SUB_N
-    if HAS_REL:
+    if HAS_REL and not REL_DOT:
         # the bias of step t is loaded during step t-1: plain loads are not software-pipelined
         j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         _, k_ok0, b_row0, b_col0 = _key_coords(
@@ -289,7 +302,7 @@ def _attn_fwd(
         k_tok, k_ok, b_row, b_col = _key_coords(
             j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
         )
-        if HAS_REL:
+        if HAS_REL and not REL_DOT:
             t1 = t + 1
             j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
             _, k_ok1, b_row1, b_col1 = _key_coords(
@@ -320,7 +333,18 @@ def _attn_fwd(
 
         # logits in the log2 domain: s = qk * scale*log2(e) + bias*log2(e); the scale multiply
         # is fused with the bias add (FMA) or, without bias, with the max subtraction below
-        if HAS_REL:
+        if HAS_REL and REL_DOT:
+            # bias[q, k] = rel_h[q, row(k)] + rel_w[q, col(k)] as two one-hot products, accumulated
+            # onto the scaled logits in fp32 (exact: each logit gains exactly two terms)
+            if UPCAST:  # the interpreter's bool -> bf16 cast is wrong; the dot runs in fp32 anyway
+                onehot_h = (offs_rh[:, None] == b_row[None, :]).to(tl.float32)
+                onehot_w = (offs_rw[:, None] == b_col[None, :]).to(tl.float32)
+            else:
+                onehot_h = (offs_rh[:, None] == b_row[None, :]).to(relh_q.dtype)
+                onehot_w = (offs_rw[:, None] == b_col[None, :]).to(relw_q.dtype)
+            s = _dot(relh_q, onehot_h, qk * sm_scale, IEEE, UPCAST)
+            s = _dot(relw_q, onehot_w, s, IEEE, UPCAST)
+        elif HAS_REL:
             if ROWS == 1:
                 # the height term is constant over the step (one key row): it goes into the
                 # row max instead of into every logit
@@ -337,14 +361,18 @@ def _attn_fwd(
             s = tl.where(k_ok[None, :], s, float("-inf"))
 
         # online softmax (base 2); a row with no valid key so far keeps m = -inf
-        if HAS_REL and ROWS == 1:
+        if HAS_REL and REL_DOT:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * 1.4426950408889634)
+        elif HAS_REL and ROWS == 1:
             m_new = tl.maximum(m_i, tl.max(s, 1) + relh)
         elif (not HAS_REL) and SCALE_POS:
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if HAS_REL and ROWS == 1:
+        if HAS_REL and REL_DOT:
+            p = tl.exp2(s * 1.4426950408889634 - m_use[:, None])
+        elif HAS_REL and ROWS == 1:
             p = tl.exp2(s - (m_use - relh)[:, None])
         elif (not HAS_REL) and SCALE_POS:
             p = tl.exp2(s * qk_scale - m_use[:, None])

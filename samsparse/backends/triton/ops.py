@@ -196,6 +196,14 @@ class _Geometry:
     rel_k_grid: tuple[int, int]
     varlen: bool = False
     has_head_mask: bool = False
+    rel_dtype_ok: bool = True  # rel-pos terms in q's dtype (or float32 q): the one-hot bias products are exact
+
+    def rel_dot(self) -> bool:
+        """True for the one-hot bias mode: a small rel-pos key grid (SAM's 14x14 windows) outside the key-row mode."""
+        if not self.has_rel or self.rows_block_n() is not None or not self.rel_dtype_ok:
+            return False
+        rhp, rwp = (max(16, next_pow2(n)) for n in self.rel_k_grid)
+        return rhp + rwp <= 32
 
     def rows_block_n(self) -> int | None:
         """BLOCK_N of the key-row mode, or None when that mode does not apply."""
@@ -219,7 +227,7 @@ class _Geometry:
             bq=self.block_q,
             bk=self.block_k,
             tile=f"{self.tile[0]}x{self.tile[1]}",
-            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}",
+            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}{':dot' if self.rel_dot() else ''}",
             gqa=int(self.heads != self.kv_heads),
             varlen=int(self.varlen),
             nq=self.nq,
@@ -271,6 +279,8 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
     th, tw = geo.tile
     ntw = 1
     tile_rel = False
+    rel_dot = geo.rel_dot()
+    rgh_rel = geo.rel_k_grid[0] if geo.has_rel else 1
 
     if geo.masked:
         bq, bk = geo.block_q, geo.block_k
@@ -318,6 +328,8 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
         LAYOUT=geo.layout, TGH=tgh, TGW=tgw, TH=th, TW=tw,
         RGW=gw_rel, ROWS=rows, TILE_REL=tile_rel,
+        REL_DOT=rel_dot, RGH=rgh_rel,
+        RHP=max(16, next_pow2(rgh_rel)), RWP=max(16, next_pow2(gw_rel)),
         SPLIT_M=split_m, SUB_N=sub_n,
         DENSE=not geo.masked, HAS_HEAD_MASK=geo.has_head_mask, HAS_REL=geo.has_rel, VARLEN=geo.varlen,
         EVEN_Q=even_q, EVEN_K=even_k, IEEE=geo.dtype == torch.float32,
@@ -382,7 +394,11 @@ def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig
     rows_bn = geo.rows_block_n()
     if rows_bn is not None and rows_bn == geo.rel_k_grid[1] and 2 * rows_bn <= 128:
         rows_bn = None  # BLOCK_N = 2 * grid width runs two key rows per step: worth timing
-    chosen = _cfg.lookup_or_tune(key, _cfg.candidates(geo.head_dim, geo.dtype, rows_bn), run, fallback)
+    if geo.rel_dot() and geo.nk <= 256 and geo.dtype != torch.float32:
+        configs = _cfg.window_candidates(geo.head_dim)  # whole small windows per program
+    else:
+        configs = _cfg.candidates(geo.head_dim, geo.dtype, rows_bn)
+    chosen = _cfg.lookup_or_tune(key, configs, run, fallback)
     _TUNED[(geo, device)] = chosen
     return chosen
 
@@ -444,6 +460,7 @@ def _attention_impl(
             tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
             tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
             has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
+            rel_dtype_ok=not has_rel or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype),
         )
         strides = (q.stride(), k.stride(), v.stride(), out.stride(), lse.stride())
         scale2 = float(scale) * LOG2E
