@@ -131,10 +131,47 @@ def _gather_bias(relh_rows, relw_rows, b_row, b_col, shr, swc, mask):
 
 
 @triton.jit
+def _program_terms(
+    q1, q2, TAB, sta, stb, std, q_pos, q_ok,
+    G: tl.constexpr, RP: tl.constexpr, TP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """SAM's rel-pos term of a program's queries: ``out[i, r] = <q_i, R[pos_i - r + G - 1]>`` for r < G.
+
+    ``R`` is the raw table (2G-1 rows), read through the gathered one (``TAB[a, b] = R[a - b + G - 1]``):
+    one ``[BLOCK_M, D] x [D, TP]`` product gives every query against every raw row, then a
+    per-query shift (``tl.gather``) picks its G entries. Rounded to q's dtype, as SAM's einsum is.
+    Returns ``[BLOCK_M, RP]`` (zero for r >= G and for missing queries).
+    """
+    offs_t = tl.arange(0, TP)
+    t_ok = offs_t < 2 * G - 1
+    row_ptr = TAB + tl.maximum(offs_t - (G - 1), 0) * sta + tl.maximum((G - 1) - offs_t, 0) * stb
+    offs_d1 = tl.arange(0, D1)
+    tab1 = tl.load(
+        row_ptr[:, None] + offs_d1[None, :] * std, mask=t_ok[:, None] & (offs_d1 < HEAD_DIM)[None, :], other=0.0
+    ).to(q1.dtype)
+    a = _dot(q1, tl.trans(tab1), None, IEEE, UPCAST)
+    if D2 > 0:
+        offs_d2 = tl.arange(0, D2)
+        tab2 = tl.load(
+            row_ptr[:, None] + (D1 + offs_d2)[None, :] * std,
+            mask=t_ok[:, None] & ((D1 + offs_d2) < HEAD_DIM)[None, :],
+            other=0.0,
+        ).to(q2.dtype)
+        a = _dot(q2, tl.trans(tab2), a, IEEE, UPCAST)
+    a = a.to(q1.dtype)
+    offs_r = tl.arange(0, RP)
+    idx = tl.minimum(tl.maximum(q_pos[:, None] - offs_r[None, :] + (G - 1), 0), TP - 1)
+    rel = tl.gather(a, idx, 1)
+    return tl.where(q_ok[:, None] & (offs_r < G)[None, :], rel, tl.zeros_like(rel))
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     KV_NUM, KV_IDX, HEAD_MASK,
     RELH, RELW,
+    TABH, TABW,  # gathered rel-pos tables Rh [gh, gh, D], Rw [gw, gw, D] (REL_TAB: terms computed here)
     CU_Q, CU_K,
     qk_scale,  # softmax scale * log2(e)
     sqb, sqh, sqn, sqd,
@@ -146,6 +183,7 @@ def _attn_fwd(
     sib, sih, sim, sik,  # kv_indices strides
     shb, shh, shq, shr,  # rel_h strides [B, H, Nq, gh_k]
     swb, swh, swq, swc,  # rel_w strides [B, H, Nq, gw_k]
+    sth_a, sth_b, sth_d, stw_a, stw_b, stw_d,  # table strides
     H, GROUP, Nq, Nk,
     BQ, BK, NKB,  # query / key block size in tokens, key blocks when dense
     NTW,  # tiles per tile row (tiles layout)
@@ -158,6 +196,7 @@ def _attn_fwd(
     TILE_REL: tl.constexpr,  # tiles layout and rel key grid == tile grid: row/col from the tile
     REL_DOT: tl.constexpr,  # small key grid: bias = rel_h @ onehot(row) + rel_w @ onehot(col) on tensor cores
     RGH: tl.constexpr, RHP: tl.constexpr, RWP: tl.constexpr,  # rel key grid height; padded widths of the one-hots
+    REL_TAB: tl.constexpr, TP: tl.constexpr,  # REL_DOT with the terms from the tables in this program; raw rows padded
     SPLIT_M: tl.constexpr,  # programs per query block
     SUB_N: tl.constexpr,  # loop steps per key block
     DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr, HAS_REL: tl.constexpr, VARLEN: tl.constexpr,
@@ -257,12 +296,27 @@ def _attn_fwd(
             # the query rows' whole rel_h / rel_w (small key grid), loaded once per program
             offs_rh = tl.arange(0, RHP)
             offs_rw = tl.arange(0, RWP)
-            relh_q = tl.load(
-                relh_rows[:, None] + offs_rh[None, :] * shr, mask=q_ok[:, None] & (offs_rh < RGH)[None, :], other=0.0
-            )
-            relw_q = tl.load(
-                relw_rows[:, None] + offs_rw[None, :] * swc, mask=q_ok[:, None] & (offs_rw < RGW)[None, :], other=0.0
-            )
+            if REL_TAB:
+                # rel_h / rel_w of this program's queries from the tables (no separate terms kernel)
+                q_r = q_tok // RGW
+                q_c = q_tok - q_r * RGW
+                if D2 > 0:
+                    relh_q = _program_terms(q1, q2, TABH, sth_a, sth_b, sth_d, q_r, q_ok, RGH, RHP, TP,
+                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+                    relw_q = _program_terms(q1, q2, TABW, stw_a, stw_b, stw_d, q_c, q_ok, RGW, RWP, TP,
+                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+                else:
+                    relh_q = _program_terms(q1, q1, TABH, sth_a, sth_b, sth_d, q_r, q_ok, RGH, RHP, TP,
+                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+                    relw_q = _program_terms(q1, q1, TABW, stw_a, stw_b, stw_d, q_c, q_ok, RGW, RWP, TP,
+                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+            else:
+                relh_q = tl.load(
+                    relh_rows[:, None] + offs_rh[None, :] * shr, mask=q_ok[:, None] & (offs_rh < RGH)[None, :], other=0.0
+                )
+                relw_q = tl.load(
+                    relw_rows[:, None] + offs_rw[None, :] * swc, mask=q_ok[:, None] & (offs_rw < RGW)[None, :], other=0.0
+                )
             sm_scale = qk_scale * 0.6931471805599453  # natural-log units; log2(e) goes into the exponent
 
     if DENSE:

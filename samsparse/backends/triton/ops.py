@@ -197,6 +197,7 @@ class _Geometry:
     varlen: bool = False
     has_head_mask: bool = False
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype (or float32 q): the one-hot bias products are exact
+    rel_tables: bool = False  # the terms are computed inside the attention program from the tables
 
     def rel_dot(self) -> bool:
         """True for the one-hot bias mode: a small rel-pos key grid (SAM's 14x14 windows) outside the key-row mode."""
@@ -227,7 +228,7 @@ class _Geometry:
             bq=self.block_q,
             bk=self.block_k,
             tile=f"{self.tile[0]}x{self.tile[1]}",
-            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}{':dot' if self.rel_dot() else ''}",
+            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}{':dot' if self.rel_dot() else ''}{':tab' if self.rel_tables else ''}",
             gqa=int(self.heads != self.kv_heads),
             varlen=int(self.varlen),
             nq=self.nq,
@@ -330,6 +331,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         RGW=gw_rel, ROWS=rows, TILE_REL=tile_rel,
         REL_DOT=rel_dot, RGH=rgh_rel,
         RHP=max(16, next_pow2(rgh_rel)), RWP=max(16, next_pow2(gw_rel)),
+        REL_TAB=geo.rel_tables, TP=max(16, next_pow2(2 * max(rgh_rel, gw_rel) - 1)),
         SPLIT_M=split_m, SUB_N=sub_n,
         DENSE=not geo.masked, HAS_HEAD_MASK=geo.has_head_mask, HAS_REL=geo.has_rel, VARLEN=geo.varlen,
         EVEN_Q=even_q, EVEN_K=even_k, IEEE=geo.dtype == torch.float32,
@@ -349,7 +351,7 @@ def _launch(
     geo: _Geometry,
     cfg: TileConfig,
     q, k, v, out, lse, qs, ks, vs, os_, ls,
-    kv_num, kv_idx, head_mask, rel_h, rel_w, cu_q, cu_k, qk_scale: float,
+    kv_num, kv_idx, head_mask, rel_h, rel_w, cu_q, cu_k, qk_scale: float, tab_h=None, tab_w=None,
 ) -> None:
     """One launch of the attention kernel for ``geo`` with tile config ``cfg``."""
     key = (geo, cfg, qk_scale > 0)
@@ -368,14 +370,35 @@ def _launch(
     else:
         rel_h = rel_w = dummy
         sh = sw = (0, 0, 0, 0)
+    if tab_h is not None:
+        st = (*tab_h.stride(), *tab_w.stride())
+    else:
+        tab_h = tab_w = dummy
+        st = (0,) * 6
     tensors = (
         q, k, v, out, lse,
         kv_num, kv_idx, head_mask if head_mask is not None else dummy,
-        rel_h, rel_w,
+        rel_h, rel_w, tab_h, tab_w,
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
     )
-    ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *plan.ints)
+    ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, *plan.ints)
     _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
+
+
+def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, rh, rw) -> bool:
+    """Whether the attention kernel computes the rel-pos terms itself (one-hot bias mode, square tables).
+
+    Needs the one-hot bias mode (small key grid, not the key-row mode) and q grid == k grid, so that
+    the gathered tables are ``Rh[a, b] = R[a - b + g - 1]`` of one raw table R.
+    """
+    if tuple(q_grid) != tuple(k_grid) or rh is None:
+        return False
+    probe = _Geometry(
+        batch=1, heads=1, kv_heads=1, nq=1, nk=1, head_dim=rh.shape[-1], dtype=rh.dtype, masked=masked,
+        layout=layout, block_q=0, block_k=block_k, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
+        has_rel=True, rel_k_grid=tuple(k_grid),
+    )
+    return probe.rel_dot() and max(k_grid) <= 16
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -449,8 +472,13 @@ def _attention_impl(
     has_rel = rel_h is not None or rh is not None
     masked = kv_num_blocks is not None
     with _device_ctx(q):
+        in_program = False
         if has_rel and rel_h is None:
-            rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
+            # small grids (SAM's windows): the attention program computes its own terms from the tables
+            in_program = _terms_in_program(layout if masked else LAYOUT_SEQUENCE, block_k if masked else 0, masked,
+                                           (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w), rh, rw)
+            if not in_program:
+                rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
         geo = _Geometry(
             batch=b, heads=h, kv_heads=hkv, nq=nq, nk=nk, head_dim=d, dtype=q.dtype,
             masked=masked, layout=layout if masked else LAYOUT_SEQUENCE,
@@ -460,13 +488,15 @@ def _attention_impl(
             tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
             tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
             has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
-            rel_dtype_ok=not has_rel or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype),
+            rel_dtype_ok=not has_rel or in_program or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype),
+            rel_tables=in_program,
         )
         strides = (q.stride(), k.stride(), v.stride(), out.stride(), lse.stride())
         scale2 = float(scale) * LOG2E
 
         def run(cfg: TileConfig) -> None:
-            _launch(geo, cfg, q, k, v, out, lse, *strides, kv_num_blocks, kv_indices, None, rel_h, rel_w, None, None, scale2)
+            _launch(geo, cfg, q, k, v, out, lse, *strides, kv_num_blocks, kv_indices, None, rel_h, rel_w, None, None, scale2,
+                    rh if in_program else None, rw if in_program else None)
 
         cfg = _pick_config(geo, q.device, run, _override(block_m, block_n, num_warps, num_stages))
         run(cfg)
