@@ -167,6 +167,18 @@ def _program_terms(
 
 
 @triton.jit
+def _tile_slices(relh_rows, relw_rows, j, NTW, shr, swc, offs_rh, offs_rw, q_ok, TH, TW, RGH, RGW):
+    """rel_h / rel_w of key tile j's rows and columns (tiles layout, rel grid == token grid)."""
+    r0 = (j // NTW) * TH
+    c0 = (j % NTW) * TW
+    h_ok = (offs_rh < TH) & (r0 + offs_rh < RGH)
+    w_ok = (offs_rw < TW) & (c0 + offs_rw < RGW)
+    rel_h = tl.load(relh_rows[:, None] + (r0 + offs_rh)[None, :] * shr, mask=q_ok[:, None] & h_ok[None, :], other=0.0)
+    rel_w = tl.load(relw_rows[:, None] + (c0 + offs_rw)[None, :] * swc, mask=q_ok[:, None] & w_ok[None, :], other=0.0)
+    return rel_h, rel_w
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     KV_NUM, KV_IDX, HEAD_MASK,
@@ -194,7 +206,8 @@ def _attn_fwd(
     RGW: tl.constexpr,  # rel-pos key grid width
     ROWS: tl.constexpr,  # 0, or key-grid rows per step (sequence layout + rel-pos; 2 needs BLOCK_N == 2 * RGW)
     TILE_REL: tl.constexpr,  # tiles layout and rel key grid == tile grid: row/col from the tile
-    REL_DOT: tl.constexpr,  # small key grid: bias = rel_h @ onehot(row) + rel_w @ onehot(col) on tensor cores
+    REL_DOT: tl.constexpr,  # bias = rel_h @ onehot(row) + rel_w @ onehot(col) on tensor cores: 0 off,
+    # 1 small key grid (whole rows of the terms loaded once), 2 tiles layout (a tile's slices per step)
     RGH: tl.constexpr, RHP: tl.constexpr, RWP: tl.constexpr,  # rel key grid height; padded widths of the one-hots
     REL_TAB: tl.constexpr, TP: tl.constexpr,  # REL_DOT with the terms from the tables in this program; raw rows padded
     SPLIT_M: tl.constexpr,  # programs per query block
@@ -292,10 +305,12 @@ def _attn_fwd(
                 relw_rows[:, None] + (offs_n % RGW)[None, :] * swc, q_ok[:, None], EVEN_Q
             ).to(tl.float32) * 1.4426950408889634
             second_row = offs_n >= RGW
-        if REL_DOT:
-            # the query rows' whole rel_h / rel_w (small key grid), loaded once per program
+        if REL_DOT > 0:
             offs_rh = tl.arange(0, RHP)
             offs_rw = tl.arange(0, RWP)
+            sm_scale = qk_scale * 0.6931471805599453  # natural-log units; log2(e) goes into the exponent
+        if REL_DOT == 1:
+            # the query rows' whole rel_h / rel_w (small key grid), loaded once per program
             if REL_TAB:
                 # rel_h / rel_w of this program's queries from the tables (no separate terms kernel)
                 q_r = q_tok // RGW
@@ -317,7 +332,6 @@ def _attn_fwd(
                 relw_q = tl.load(
                     relw_rows[:, None] + offs_rw[None, :] * swc, mask=q_ok[:, None] & (offs_rw < RGW)[None, :], other=0.0
                 )
-            sm_scale = qk_scale * 0.6931471805599453  # natural-log units; log2(e) goes into the exponent
 
     if DENSE:
         offs_mk = 0
@@ -332,7 +346,12 @@ def _attn_fwd(
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
 
     total = n_kv * SUB_N
-    if HAS_REL and not REL_DOT:
+    if HAS_REL and REL_DOT == 2:
+        j0, _ = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        relh_nxt, relw_nxt = _tile_slices(
+            relh_rows, relw_rows, j0, NTW, shr, swc, offs_rh, offs_rw, q_ok & (total > 0), TH, TW, RGH, RGW
+        )
+    if HAS_REL and REL_DOT == 0:
         # the bias of step t is loaded during step t-1: plain loads are not software-pipelined
         j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         _, k_ok0, b_row0, b_col0 = _key_coords(
@@ -356,7 +375,21 @@ def _attn_fwd(
         k_tok, k_ok, b_row, b_col = _key_coords(
             j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
         )
-        if HAS_REL and not REL_DOT:
+        if HAS_REL and REL_DOT == 2:
+            # this step's tile slices of rel_h / rel_w; the next step's are loaded now
+            relh_q = relh_nxt
+            relw_q = relw_nxt
+            j1, _ = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+            relh_nxt, relw_nxt = _tile_slices(
+                relh_rows, relw_rows, j1, NTW, shr, swc, offs_rh, offs_rw, q_ok & (t + 1 < total), TH, TW, RGH, RGW
+            )
+            n_in = sub * BLOCK_N + offs_n
+            oh_row = n_in // TW  # key row / column inside the tile
+            oh_col = n_in % TW
+        elif HAS_REL and REL_DOT == 1:
+            oh_row = b_row
+            oh_col = b_col
+        if HAS_REL and REL_DOT == 0:
             t1 = t + 1
             j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
             _, k_ok1, b_row1, b_col1 = _key_coords(
@@ -387,15 +420,15 @@ def _attn_fwd(
 
         # logits in the log2 domain: s = qk * scale*log2(e) + bias*log2(e); the scale multiply
         # is fused with the bias add (FMA) or, without bias, with the max subtraction below
-        if HAS_REL and REL_DOT:
+        if HAS_REL and REL_DOT > 0:
             # bias[q, k] = rel_h[q, row(k)] + rel_w[q, col(k)] as two one-hot products, accumulated
             # onto the scaled logits in fp32 (exact: each logit gains exactly two terms)
             if UPCAST:  # the interpreter's bool -> bf16 cast is wrong; the dot runs in fp32 anyway
-                onehot_h = (offs_rh[:, None] == b_row[None, :]).to(tl.float32)
-                onehot_w = (offs_rw[:, None] == b_col[None, :]).to(tl.float32)
+                onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(tl.float32)
+                onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(tl.float32)
             else:
-                onehot_h = (offs_rh[:, None] == b_row[None, :]).to(relh_q.dtype)
-                onehot_w = (offs_rw[:, None] == b_col[None, :]).to(relw_q.dtype)
+                onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(relh_q.dtype)
+                onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(relw_q.dtype)
             s = _dot(relh_q, onehot_h, qk * sm_scale, IEEE, UPCAST)
             s = _dot(relw_q, onehot_w, s, IEEE, UPCAST)
         elif HAS_REL:
@@ -415,7 +448,7 @@ def _attn_fwd(
             s = tl.where(k_ok[None, :], s, float("-inf"))
 
         # online softmax (base 2); a row with no valid key so far keeps m = -inf
-        if HAS_REL and REL_DOT:
+        if HAS_REL and REL_DOT > 0:
             m_new = tl.maximum(m_i, tl.max(s, 1) * 1.4426950408889634)
         elif HAS_REL and ROWS == 1:
             m_new = tl.maximum(m_i, tl.max(s, 1) + relh)
@@ -424,7 +457,7 @@ def _attn_fwd(
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if HAS_REL and REL_DOT:
+        if HAS_REL and REL_DOT > 0:
             p = tl.exp2(s * 1.4426950408889634 - m_use[:, None])
         elif HAS_REL and ROWS == 1:
             p = tl.exp2(s - (m_use - relh)[:, None])

@@ -199,12 +199,22 @@ class _Geometry:
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype (or float32 q): the one-hot bias products are exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
 
-    def rel_dot(self) -> bool:
-        """True for the one-hot bias mode: a small rel-pos key grid (SAM's 14x14 windows) outside the key-row mode."""
+    def rel_dot(self) -> int:
+        """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
+
+        The bias of a step is ``rel_h @ onehot(row) + rel_w @ onehot(col)`` on tensor cores
+        (K = 16 each) instead of two gathered loads per logit; the key-row mode is kept where it applies.
+        """
         if not self.has_rel or self.rows_block_n() is not None or not self.rel_dtype_ok:
-            return False
+            return 0
         rhp, rwp = (max(16, next_pow2(n)) for n in self.rel_k_grid)
-        return rhp + rwp <= 32
+        if rhp + rwp <= 32:
+            return 1
+        if self.masked and self.layout == LAYOUT_TILES and tuple(self.rel_k_grid) == tuple(self.tile_grid):
+            th, tw = self.tile
+            if max(16, next_pow2(th)) + max(16, next_pow2(tw)) <= 32:
+                return 2
+        return 0
 
     def rows_block_n(self) -> int | None:
         """BLOCK_N of the key-row mode, or None when that mode does not apply."""
@@ -228,7 +238,7 @@ class _Geometry:
             bq=self.block_q,
             bk=self.block_k,
             tile=f"{self.tile[0]}x{self.tile[1]}",
-            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}{':dot' if self.rel_dot() else ''}{':tab' if self.rel_tables else ''}",
+            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}:dot{self.rel_dot()}{':tab' if self.rel_tables else ''}",
             gqa=int(self.heads != self.kv_heads),
             varlen=int(self.varlen),
             nq=self.nq,
@@ -330,7 +340,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         LAYOUT=geo.layout, TGH=tgh, TGW=tgw, TH=th, TW=tw,
         RGW=gw_rel, ROWS=rows, TILE_REL=tile_rel,
         REL_DOT=rel_dot, RGH=rgh_rel,
-        RHP=max(16, next_pow2(rgh_rel)), RWP=max(16, next_pow2(gw_rel)),
+        RHP=max(16, next_pow2(rgh_rel if rel_dot != 2 else th)), RWP=max(16, next_pow2(gw_rel if rel_dot != 2 else tw)),
         REL_TAB=geo.rel_tables, TP=max(16, next_pow2(2 * max(rgh_rel, gw_rel) - 1)),
         SPLIT_M=split_m, SUB_N=sub_n,
         DENSE=not geo.masked, HAS_HEAD_MASK=geo.has_head_mask, HAS_REL=geo.has_rel, VARLEN=geo.varlen,
@@ -398,7 +408,7 @@ def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, r
         layout=layout, block_q=0, block_k=block_k, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
         has_rel=True, rel_k_grid=tuple(k_grid),
     )
-    return probe.rel_dot() and max(k_grid) <= 16
+    return probe.rel_dot() == 1 and max(k_grid) <= 16
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -417,7 +427,7 @@ def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig
     rows_bn = geo.rows_block_n()
     if rows_bn is not None and rows_bn == geo.rel_k_grid[1] and 2 * rows_bn <= 128:
         rows_bn = None  # BLOCK_N = 2 * grid width runs two key rows per step: worth timing
-    if geo.rel_dot() and geo.nk <= 256 and geo.dtype != torch.float32:
+    if geo.rel_dot() == 1 and geo.nk <= 256 and geo.dtype != torch.float32:
         configs = _cfg.window_candidates(geo.head_dim)  # whole small windows per program
     else:
         configs = _cfg.candidates(geo.head_dim, geo.dtype, rows_bn)
