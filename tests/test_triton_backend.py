@@ -327,6 +327,39 @@ def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     configs.CACHE.clear_memory()
 
 
+def test_shipped_tuning_is_read_after_the_user_cache(tmp_path, monkeypatch):
+    """The packaged H100 configs answer a cold lookup; the user's own entry wins; the switch turns them off."""
+    from samsparse.backends.triton import configs
+
+    shipped_files = sorted((Path(configs.__file__).parent / "tuned").glob("*.json"))
+    assert shipped_files, "the package must ship its measured tile configs"
+    shipped = json.loads(shipped_files[0].read_text())
+    key, entry = next(iter(shipped.items()))
+    assert "|triton" in key and entry["ms"], "a shipped entry names its GPU/Triton version and keeps its timings"
+    expected = configs.TileConfig(**entry["config"])
+
+    def never(cfg):
+        raise AssertionError("a shipped key must not be tuned")
+
+    monkeypatch.setenv("SAMSPARSE_HOME", str(tmp_path))
+    configs.CACHE.clear_memory()
+    try:
+        assert configs.lookup_or_tune(key, [configs.TileConfig(16, 16, 4, 1)], never, configs.TileConfig(16, 16, 4, 1)) == expected
+        # the user's cache wins over the shipped entry
+        mine = configs.TileConfig(32, 32, 4, 1)
+        (tmp_path / "triton").mkdir(parents=True, exist_ok=True)
+        configs.cache_path().write_text(json.dumps({key: {"config": {"block_m": 32, "block_n": 32, "num_warps": 4, "num_stages": 1}, "ms": {}}}))
+        configs.CACHE.clear_memory()
+        assert configs.CACHE.get(key) == mine
+        # switched off: the key is unknown again
+        configs.cache_path().unlink()
+        monkeypatch.setenv("SAMSPARSE_TRITON_SHIPPED", "0")
+        configs.CACHE.clear_memory()
+        assert configs.CACHE.get(key) is None
+    finally:
+        configs.CACHE.clear_memory()
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], set(sys.argv[3:]) or None)
