@@ -24,8 +24,14 @@ made of whole key-grid rows, every step of the loop is exactly 1 or 2 key rows
 (``BLOCK_N = next_pow2(RGW)`` or ``2 * RGW``). The width term is then the same
 ``[BLOCK_M, RGW]`` tile for every step (loaded once per program) and the height
 term is one coalesced ``[BLOCK_M]`` vector per row; with one row per step it is
-folded into the row max, so the bias costs one FMA per logit. Otherwise the
-bias is gathered per tile (cached loads). Either way the bias of step t+1 is
+folded into the row max, so the bias costs one FMA per logit.
+
+One-hot bias (``REL_DOT``): for small key grids (1: up to 16x16, SAM's windows)
+and small tiles of the tiles layout (2) the bias is two tensor-core products,
+``rel_h[:, rows] @ onehot(row(k)) + rel_w[:, cols] @ onehot(col(k))`` (K = 16
+each), accumulated in fp32 onto the scaled logits. In mode 1 with tables
+(``REL_TAB``) the program computes its own terms (:func:`_program_terms`).
+Otherwise the bias is gathered per tile (cached loads). The bias of step t+1 is
 loaded during step t (plain loads are not software-pipelined by Triton), and
 the row of key-block ids sits in registers so the K/V addresses of future steps
 are arithmetic the pipeliner can issue ahead.
