@@ -24,12 +24,25 @@ import torch.nn.functional as F
 __all__ = ["RelPos", "gather_rel_pos"]
 
 
-@lru_cache(maxsize=64)
-def _relative_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
+def _build_relative_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
     """int64 [q_size, k_size] row index into the resized table, built on ``device`` (no host copy)."""
     q_coords = torch.arange(q_size, device=device, dtype=torch.float32)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=device, dtype=torch.float32)[None, :] * max(q_size / k_size, 1.0)
     return ((q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)).long()
+
+
+_cached_relative_index = lru_cache(maxsize=64)(_build_relative_index)
+
+
+def _relative_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
+    """The index of :func:`_build_relative_index`, cached per (sizes, device) in eager mode.
+
+    Under ``torch.compile`` it is built in the graph instead (a constant there): Dynamo
+    does not honour ``lru_cache`` and warns about it.
+    """
+    if torch.compiler.is_compiling():
+        return _build_relative_index(q_size, k_size, device)
+    return _cached_relative_index(q_size, k_size, device)
 
 
 def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:

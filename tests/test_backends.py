@@ -158,3 +158,22 @@ def test_flex_compiles_once_for_all_global_blocks():
         ref = get("reference").attend(q, k, v, mask, rel_pos)
         assert (out - ref).abs().max() <= 1e-4
     assert counter.frame_count == 1, f"compiled {counter.frame_count} times"
+
+
+def test_gather_rel_pos_compiles_without_lru_cache_warning():
+    """Under torch.compile the rel-pos index is built in the graph (Dynamo warns about lru_cache)."""
+    import warnings
+
+    from samsparse.relpos import gather_rel_pos
+
+    table = torch.randn(27, 8)
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def gathered(t):
+        return gather_rel_pos(14, 14, t)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = gathered(table)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    assert torch.equal(out, gather_rel_pos(14, 14, table))
