@@ -226,7 +226,7 @@ class SparseAttention(nn.Module):
             key = (grid, dtype, h.device, h.data_ptr(), w.data_ptr(), h._version, w._version)
             hit = self._tables.get(key)
             if hit is not None:
-                return RelPos(grid, grid, rh=hit[0], rw=hit[1])
+                return RelPos(grid, grid, rh=hit[0], rw=hit[1], toeplitz=True)  # gathered by from_tables
         rel_pos = RelPos.from_tables(h, w, grid)
         if rel_pos.rh.dtype != dtype:
             rel_pos.rh, rel_pos.rw = rel_pos.rh.to(dtype), rel_pos.rw.to(dtype)

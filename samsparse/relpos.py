@@ -76,6 +76,11 @@ class RelPos:
         rw: gathered width table [gw_q, gw_k, D], or None.
         rel_h: precomputed height terms [B, H, Nq, gh_k], or None.
         rel_w: precomputed width terms [B, H, Nq, gw_k], or None.
+        toeplitz: the tables depend on the coordinate difference only
+            (``rh[a, b] == R[a - b + g - 1]`` for one raw table R), as
+            :meth:`from_tables` makes them when q and k grids are equal. Kernels may
+            then read the raw rows instead of the gathered table; leave False for
+            tables built any other way.
 
     Either the tables or the terms must be given. :meth:`terms` returns the terms
     (computing them once from q and the tables if needed).
@@ -87,6 +92,7 @@ class RelPos:
     rw: torch.Tensor | None = None
     rel_h: torch.Tensor | None = None
     rel_w: torch.Tensor | None = None
+    toeplitz: bool = False
 
     @classmethod
     def from_tables(
@@ -100,7 +106,7 @@ class RelPos:
         k_grid = q_grid if k_grid is None else k_grid
         rh = gather_rel_pos(q_grid[0], k_grid[0], rel_pos_h)
         rw = gather_rel_pos(q_grid[1], k_grid[1], rel_pos_w)
-        return cls(tuple(q_grid), tuple(k_grid), rh=rh, rw=rw)
+        return cls(tuple(q_grid), tuple(k_grid), rh=rh, rw=rw, toeplitz=tuple(q_grid) == tuple(k_grid))
 
     @property
     def has_tables(self) -> bool:

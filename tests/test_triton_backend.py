@@ -34,7 +34,10 @@ triton_installed = pytest.mark.skipif(
     __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"
 )
 
-EXTRA_CHECKS = ["varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag"]
+EXTRA_CHECKS = [
+    "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
+    "tables-toeplitz-or-not",
+]
 
 
 # ---------------------------------------------------------------------------- worker (subprocess)
@@ -111,7 +114,7 @@ def _compile_check() -> dict:
     def fn(q, k, v, kv_num, kv_idx, rh, rw):
         out, lse = torch.ops.samsparse.triton_attention(
             q, k, v, kv_num, kv_idx, None, None, rh, rw, 32 ** -0.5,
-            0, 16, 16, 0, 0, 0, 0, 5, 7, 5, 7, 0, 0, 0, 0,
+            0, 16, 16, 0, 0, 0, 0, 5, 7, 5, 7, 0, 0, 0, 0, 1,  # Toeplitz tables, as attention() passes them
         )
         return out * 2, lse
 
@@ -161,6 +164,32 @@ def _lse_flag_check() -> dict:
     return {"case": "lse-flag", "ok": ok, "problems": [] if ok else ["return_lse flag not honoured"]}
 
 
+def _tables_check() -> dict:
+    """Window-sized grid: Toeplitz tables take the in-program terms path, arbitrary tables do not; both exact."""
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton import ops
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator().manual_seed(8)
+    grid, d = (6, 5), 16
+    q, k, v = (torch.randn(1, 2, 30, d, generator=g) for _ in range(3))
+    problems, worst = [], 0.0
+    toeplitz = RelPos.from_tables(0.3 * torch.randn(11, d, generator=g), 0.3 * torch.randn(9, d, generator=g), grid)
+    arbitrary = RelPos(grid, grid, rh=0.3 * torch.randn(6, 6, d, generator=g), rw=0.3 * torch.randn(5, 5, d, generator=g))
+    for name, rp, want_in_program in (("toeplitz", toeplitz, True), ("arbitrary", arbitrary, False)):
+        ops._PLANS.clear()
+        out, _ = ops.attention(q, k, v, None, rp)
+        ref = reference_attention(q, k, v, None, RelPos(grid, grid, rh=rp.rh, rw=rp.rw))
+        err = float((out - ref).abs().max())
+        worst = max(worst, err)
+        if err > 1e-4:
+            problems.append(f"{name} tables: max abs err {err:.2e}")
+        used = [geo.rel_tables for (geo, _cfg, _pos) in ops._PLANS]
+        if used != [want_in_program]:
+            problems.append(f"{name} tables: in-program terms used = {used}, want [{want_in_program}]")
+    return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
+
+
 def _worker(out_path: str, only: set[str] | None) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     for p in (str(ROOT), str(HERE)):
@@ -189,6 +218,8 @@ def _worker(out_path: str, only: set[str] | None) -> None:
                     res = _compile_check()
                 elif name == "opcheck":
                     res = _opcheck()
+                elif name == "tables-toeplitz-or-not":
+                    res = _tables_check()
                 else:
                     res = _lse_flag_check()
             else:

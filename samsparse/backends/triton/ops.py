@@ -395,20 +395,25 @@ def _launch(
     _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
 
 
-def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, rh, rw) -> bool:
-    """Whether the attention kernel computes the rel-pos terms itself (one-hot bias mode, square tables).
+def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, head_dim: int, dtype) -> bool:
+    """Whether the attention kernel computes the rel-pos terms itself (one-hot bias mode, Toeplitz tables).
 
-    Needs the one-hot bias mode (small key grid, not the key-row mode) and q grid == k grid, so that
-    the gathered tables are ``Rh[a, b] = R[a - b + g - 1]`` of one raw table R.
+    Needs the one-hot bias mode for a small key grid (not the key-row mode) and q grid == k grid; the
+    caller also needs tables with ``Rh[a, b] = R[a - b + g - 1]`` (``RelPos.toeplitz``).
     """
-    if tuple(q_grid) != tuple(k_grid) or rh is None:
-        return False
-    probe = _Geometry(
-        batch=1, heads=1, kv_heads=1, nq=1, nk=1, head_dim=rh.shape[-1], dtype=rh.dtype, masked=masked,
-        layout=layout, block_q=0, block_k=block_k, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
-        has_rel=True, rel_k_grid=tuple(k_grid),
-    )
-    return probe.rel_dot() == 1 and max(k_grid) <= 16
+    key = (layout, block_k, masked, tuple(q_grid), tuple(k_grid), head_dim, dtype)
+    hit = _IN_PROGRAM.get(key)
+    if hit is None:
+        probe = _Geometry(
+            batch=1, heads=1, kv_heads=1, nq=1, nk=1, head_dim=head_dim, dtype=dtype, masked=masked,
+            layout=layout, block_q=0, block_k=block_k, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1),
+            tile=(1, 1), has_rel=True, rel_k_grid=tuple(k_grid),
+        )
+        hit = _IN_PROGRAM[key] = tuple(q_grid) == tuple(k_grid) and probe.rel_dot() == 1 and max(k_grid) <= 16
+    return hit
+
+
+_IN_PROGRAM: dict = {}
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -472,6 +477,7 @@ def _attention_impl(
     block_n: int,
     num_warps: int,
     num_stages: int,
+    rel_toeplitz: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -485,8 +491,10 @@ def _attention_impl(
         in_program = False
         if has_rel and rel_h is None:
             # small grids (SAM's windows): the attention program computes its own terms from the tables
-            in_program = _terms_in_program(layout if masked else LAYOUT_SEQUENCE, block_k if masked else 0, masked,
-                                           (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w), rh, rw)
+            in_program = bool(rel_toeplitz) and _terms_in_program(
+                layout if masked else LAYOUT_SEQUENCE, block_k if masked else 0, masked,
+                (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w), rh.shape[-1], rh.dtype,
+            )
             if not in_program:
                 rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
         geo = _Geometry(
@@ -540,19 +548,21 @@ def _triton_attention_op(
     block_n: int,
     num_warps: int,
     num_stages: int,
+    rel_toeplitz: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Op form of :func:`attention` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config)."""
+    """Op form of :func:`attention` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
+    rel_toeplitz = 1: the tables are ``RelPos.toeplitz``)."""
     return _attention_impl(
         q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
         tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
-        block_m, block_n, num_warps, num_stages,
+        block_m, block_n, num_warps, num_stages, rel_toeplitz,
     )
 
 
 @_triton_attention_op.register_fake
 def _(q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
       tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
-      block_m, block_n, num_warps, num_stages):
+      block_m, block_n, num_warps, num_stages, rel_toeplitz=0):
     b, h, nq, d = q.shape
     out = q.new_empty((b, nq, h, d)).transpose(1, 2)
     lse = q.new_empty((b, h, nq), dtype=torch.float32)
@@ -588,19 +598,21 @@ def attention(
     m = mask_kernel_args(mask, q.device)
     rel_h = rel_w = rh = rw = None
     qg, kg = (0, 0), (0, 0)
+    toeplitz = 0
     if rel_pos is not None:
         qg, kg = tuple(rel_pos.q_grid), tuple(rel_pos.k_grid)
         if rel_pos.rel_h is not None and rel_pos.rel_w is not None:
             rel_h, rel_w = rel_pos.rel_h.to(q.device), rel_pos.rel_w.to(q.device)
         else:
             rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)
+            toeplitz = int(bool(getattr(rel_pos, "toeplitz", False)))
     c = config or TileConfig(0, 0, 0, 0)
     # eager calls skip the dispatcher (tens of microseconds); traced code sees the custom op
     fn = torch.ops.samsparse.triton_attention if _tracing() else _attention_impl
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages,
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz,
     )
 
 
