@@ -47,6 +47,12 @@ SMALL = [0, 1, 3, 5]
 
 
 def main() -> int:
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+        return 0
+    if not torch.cuda.is_available():
+        print("cuda_memcheck_case.py needs a CUDA GPU (run it under compute-sanitizer on a GPU machine)", file=sys.stderr)
+        return 2
     small = "--small" in sys.argv
     cb = CudaBackend()
     worst = 0.0

@@ -33,7 +33,13 @@ def host_us(fn, n=300):
     return host
 
 
-def main() -> None:
+def main() -> int:
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+        return 0
+    if not torch.cuda.is_available():
+        print("profile_host.py needs a CUDA GPU", file=sys.stderr)
+        return 2
     dev = "cuda"
     dt = torch.bfloat16
     from samsparse.backends.triton import ops
@@ -64,7 +70,8 @@ def main() -> None:
     print(f"{'shape':12s} {'piece':28s} host us/call")
     for r in rows:
         print(f"{r[0]:12s} {r[1]:28s} {r[2]:10.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything the GPU issues ask to be shown, in one batched run (device time is scarce).
+# Run from the repo root on a CUDA machine with samsparse importable (PYTHONPATH=$PWD):
+#   OUT=out bash scripts/gpu_session.sh [stage ...]
+# Stages (default: all, in this order; each has its own time limit and log under $OUT):
+#   tests      GPU test grids of the Triton and CUDA backends
+#   attention  scripts/bench_attention.py (all SDPA backends, Flex, SAM eager; sequence + tiles masks)
+#   encoder8   vit_b B=8 encoder: original, sdpa, dense, 25% hierarchical, each eager and compiled
+#   encoder1   vit_b B=1 encoder with CUDA graphs
+#   vith       vit_h B=1 and 8, eager
+#   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
+#   cuda       scripts/check_cuda_gpu.sh build + bench
+#   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export OUT="${OUT:-gpu_session_out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(tests attention encoder8 encoder1 vith cold cuda ncu)
+
+run() {  # run NAME SECONDS CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc in $((SECONDS - t0)) s (log $OUT/$name.log)"
+  tail -n 3 "$OUT/$name.log" | sed 's/^/   /'
+}
+
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    tests) run tests 420 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py ;;
+    attention) run attention 420 "$PY" scripts/bench_attention.py --layouts sequence,tiles \
+        --json "$OUT/attention.json" --md "$OUT/attention.md" ;;
+    encoder8) run encoder8 420 "$PY" scripts/bench_encoder.py --models vit_b --batch 8 --dtype bf16 --no-fp32 \
+        --repeat 10 --recipes hierarchical:density=0.25 --compile \
+        --extra-variants "sparse:hierarchical:density=0.25+compile" --json "$OUT/encoder8.json" --md "$OUT/encoder8.md" ;;
+    encoder1) run encoder1 300 "$PY" scripts/bench_encoder.py --models vit_b --batch 1 --dtype bf16 --no-fp32 \
+        --repeat 20 --recipes --extra-variants "dense+graphs" "original+graphs" \
+        --json "$OUT/encoder1.json" --md "$OUT/encoder1.md" ;;
+    vith) run vith 420 "$PY" scripts/bench_encoder.py --models vit_h --batch 1 8 --dtype bf16 --no-fp32 \
+        --repeat 10 --recipes hierarchical:density=0.25 --json "$OUT/vith.json" --md "$OUT/vith.md" ;;
+    cold)
+      cold=$(mktemp -d)
+      run cold 240 env SAMSPARSE_HOME="$cold/home" TORCHINDUCTOR_CACHE_DIR="$cold/inductor" \
+          TRITON_CACHE_DIR="$cold/triton" "$PY" scripts/first_call_encoder.py --model vit_b --batch 8 \
+          --json "$OUT/cold_first_call.json" ;;
+    cuda) run cuda 300 bash scripts/check_cuda_gpu.sh --only build,bench ;;
+    ncu)
+      if command -v ncu >/dev/null; then
+        run ncu 300 ncu --profile-from-start off --clock-control none --nvtx --section SpeedOfLight \
+            --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis --section LaunchStats --section InstructionStats \
+            -o /tmp/samsparse_prof -f "$PY" scripts/profile_kernels.py
+        ncu --import /tmp/samsparse_prof.ncu-rep --page details >"$OUT/ncu_details.txt" 2>&1
+      else
+        echo "== ncu: not installed, skipped"
+      fi ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done

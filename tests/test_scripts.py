@@ -1,0 +1,41 @@
+"""The scripts in scripts/ start, explain themselves, and refuse a GPU-less machine with a message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY_SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+SH_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+# scripts that only make sense on a GPU; without one they must say so (exit 2), not crash
+GPU_ONLY = {"first_call_encoder.py", "profile_kernels.py", "profile_host.py", "cuda_memcheck_case.py"}
+
+
+def _run(args, **kw):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=180, **kw)
+
+
+@pytest.mark.parametrize("script", PY_SCRIPTS, ids=[p.name for p in PY_SCRIPTS])
+def test_script_help(script):
+    proc = _run([sys.executable, str(script), "--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip(), "--help printed nothing"
+
+
+@pytest.mark.parametrize("script", SH_SCRIPTS, ids=[p.name for p in SH_SCRIPTS])
+def test_shell_script_syntax(script):
+    proc = _run(["bash", "-n", str(script)])
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+@pytest.mark.parametrize("name", sorted(GPU_ONLY))
+def test_gpu_scripts_refuse_cpu_machines_cleanly(name):
+    proc = _run([sys.executable, str(ROOT / "scripts" / name)])
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "needs a CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
