@@ -391,6 +391,60 @@ def test_shipped_tuning_is_read_after_the_user_cache(tmp_path, monkeypatch):
         configs.CACHE.clear_memory()
 
 
+class _FakeOutOfResources(RuntimeError):
+    pass
+
+
+_FakeOutOfResources.__name__ = "OutOfResources"  # what Triton raises when a config needs too much shared memory
+
+
+def test_config_that_does_not_fit_falls_back_to_a_smaller_one(monkeypatch, caplog):
+    """A default/cached config too big for the GPU is replaced by the largest smaller one that fits (and remembered)."""
+    pytest.importorskip("triton")
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    launched = []
+
+    def fake_launch(geo, cfg, *args, **kwargs):
+        launched.append(cfg)
+        if cfg.block_m * cfg.block_n * cfg.num_stages > 64 * 64 * 2:
+            raise _FakeOutOfResources("out of resource: shared memory, Required: 229376, Hardware limit: 101376")
+
+    big = TileConfig(128, 64, 8, 3)
+    monkeypatch.setattr(ops, "_launch", fake_launch)
+    monkeypatch.setattr(ops, "_pick_config", lambda geo, device, run, override: override or big)
+    monkeypatch.setattr(ops, "_TUNED", {})
+    q = k = v = torch.randn(1, 2, 64, 32)
+    with caplog.at_level("WARNING", logger=ops.__name__):
+        ops.attention(q, k, v)
+    assert launched[0] == big
+    chosen = launched[-1]
+    assert chosen.block_m * chosen.block_n * chosen.num_stages <= 64 * 64 * 2
+    assert list(ops._TUNED.values()) == [chosen], "the config that fits is remembered for the geometry"
+    assert "does not fit this GPU" in caplog.text
+
+    # a forced config is the caller's choice: its error propagates
+    with pytest.raises(_FakeOutOfResources):
+        ops.attention(q, k, v, config=big)
+
+    # other errors are never swallowed
+    def broken(geo, cfg, *args, **kwargs):
+        raise ValueError("a real bug")
+
+    monkeypatch.setattr(ops, "_launch", broken)
+    with pytest.raises(ValueError, match="a real bug"):
+        ops.attention(q, k, v)
+
+    # nothing fits: a clear error naming the way out
+    def never(geo, cfg, *args, **kwargs):
+        raise _FakeOutOfResources("out of resource: shared memory")
+
+    monkeypatch.setattr(ops, "_launch", never)
+    with pytest.raises(RuntimeError, match="backend='sdpa'"):
+        ops.attention(q, k, v)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], set(sys.argv[3:]) or None)

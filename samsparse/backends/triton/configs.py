@@ -49,6 +49,7 @@ __all__ = [
     "head_dim_split",
     "lookup_or_tune",
     "next_pow2",
+    "smaller_configs",
     "shape_key",
 ]
 
@@ -152,6 +153,29 @@ def window_candidates(head_dim: int) -> list[TileConfig]:
     ]
     if head_dim > 64:
         out = [c for c in out if not (c.block_m == 128 and c.block_n == 256)]
+    return out
+
+
+def smaller_configs(config: TileConfig) -> list[TileConfig]:
+    """Configs with a smaller shared-memory footprint than ``config``, largest first.
+
+    Fewer pipeline stages first (each stage holds a K and a V tile), then narrower key
+    tiles, then fewer query rows; down to (16, 16, 4 warps, 1 stage).
+    """
+    out: list[TileConfig] = []
+    m, n, w, s = config.block_m, config.block_n, config.num_warps, config.num_stages
+    while True:
+        if s > 1:
+            s -= 1
+        elif n > 16:
+            n, s = n // 2, min(config.num_stages, 2)
+        elif m > 16:
+            m, s = m // 2, min(config.num_stages, 2)
+        else:
+            break
+        c = TileConfig(m, n, w if m >= 128 else 4, s)
+        if c not in out and c != config:
+            out.append(c)
     return out
 
 

@@ -444,6 +444,46 @@ def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig
 _TUNED: dict = {}  # (geometry, device) -> TileConfig
 
 
+def _out_of_resources(exc: BaseException) -> bool:
+    """Triton's 'the config needs more shared memory / registers than this GPU has' error."""
+    return type(exc).__name__ == "OutOfResources" or "out of resource" in str(exc).lower()
+
+
+def _run_fitting(geo: _Geometry, device: torch.device, run, cfg: TileConfig, forced: bool) -> TileConfig:
+    """``run(cfg)``; if the config does not fit this GPU, the largest smaller config that does.
+
+    A default or cached config can need more shared memory than a consumer card has
+    (e.g. ~100 KB on sm86 against 228 KB on an H100), and during a CUDA-graph capture
+    nothing is autotuned. The config that fits is remembered for this geometry. A config
+    the caller forced is run as given (its error is the caller's to see).
+    """
+    try:
+        run(cfg)
+        return cfg
+    except Exception as exc:
+        if forced or not _out_of_resources(exc):
+            raise
+        first = exc
+    for smaller in _cfg.smaller_configs(cfg):
+        try:
+            run(smaller)
+        except Exception as exc:
+            if _out_of_resources(exc):
+                continue
+            raise
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "Triton tile config %s does not fit this GPU (%s); using %s", cfg, str(first).splitlines()[0][:120], smaller
+        )
+        _TUNED[(geo, device)] = smaller
+        return smaller
+    raise RuntimeError(
+        f"no Triton tile config fits this GPU's shared memory for head dim {geo.head_dim} "
+        f"({str(first).splitlines()[0][:160]}); use backend='sdpa' or backend='flex' for this model"
+    ) from first
+
+
 def _override(block_m: int, block_n: int, num_warps: int, num_stages: int) -> TileConfig | None:
     if block_m <= 0:
         return None
@@ -516,8 +556,8 @@ def _attention_impl(
             _launch(geo, cfg, q, k, v, out, lse, *strides, kv_num_blocks, kv_indices, None, rel_h, rel_w, None, None, scale2,
                     rh if in_program else None, rw if in_program else None)
 
-        cfg = _pick_config(geo, q.device, run, _override(block_m, block_n, num_warps, num_stages))
-        run(cfg)
+        override = _override(block_m, block_n, num_warps, num_stages)
+        _run_fitting(geo, q.device, run, _pick_config(geo, q.device, run, override), override is not None)
     return out, lse
 
 
@@ -668,8 +708,8 @@ def _varlen_impl(
         _launch(geo, cfg, q, k, v, out, lse, qs, ks, vs, os_, ls, kv_num, kv_idx, hm, None, None, cu_q, cu_k, scale2)
 
     with _device_ctx(q):
-        cfg = _pick_config(geo, q.device, run, _override(block_m, block_n, num_warps, num_stages))
-        run(cfg)
+        override = _override(block_m, block_n, num_warps, num_stages)
+        _run_fitting(geo, q.device, run, _pick_config(geo, q.device, run, override), override is not None)
     return out, lse
 
 
