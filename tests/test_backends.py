@@ -177,3 +177,35 @@ def test_gather_rel_pos_compiles_without_lru_cache_warning():
         out = gathered(table)
     assert not [w for w in caught if "lru_cache" in str(w.message)]
     assert torch.equal(out, gather_rel_pos(14, 14, table))
+
+
+def test_auto_sends_plain_dense_gpu_calls_to_pytorch_sdpa(monkeypatch):
+    """Dense, bias-free, LSE-free calls go to SDPA (cuDNN / flash beat our kernels there); anything else by priority."""
+    from samsparse.backends import registry
+    from samsparse.backends.base import Backend
+    from samsparse.masks import BlockMask
+    from samsparse.relpos import RelPos
+
+    class Eager(Backend):  # a top-priority backend that accepts every call
+        name = "eager_fake"
+        priority = 1000
+
+        def _attend(self, q, k, v, mask, rel_pos, scale, return_lse):
+            raise AssertionError("not run in this test")
+
+    monkeypatch.setitem(registry._FACTORIES, "eager_fake", Eager)
+    monkeypatch.setattr(registry, "_SDPA_FIRST_DEVICES", ("cpu",))  # pretend the CPU is the GPU of the rule
+    q = k = v = torch.randn(1, 2, 16, 8)
+    try:
+        assert registry.select(q, k, v).name == "sdpa"
+        assert registry.select(q, k, v, return_lse=True).name == "eager_fake"
+        assert registry.select(q, torch.randn(1, 1, 16, 8), torch.randn(1, 1, 16, 8)).name == "eager_fake"  # GQA
+        rel = RelPos.from_tables(torch.randn(7, 8), torch.randn(7, 8), (4, 4))
+        assert registry.select(q, k, v, rel_pos=rel).name == "eager_fake"
+        mask = BlockMask(torch.ones(1, 1, 2, 2, dtype=torch.bool), 8, 16)
+        assert registry.select(q, k, v, mask=mask).name == "eager_fake"
+        assert registry.select(q, k, v, backend="eager_fake").name == "eager_fake"  # by name: as asked
+        monkeypatch.setattr(registry, "_SDPA_FIRST_DEVICES", ("cuda",))
+        assert registry.select(q, k, v).name == "eager_fake"  # CPU tensors: priority order
+    finally:
+        registry._INSTANCES.pop("eager_fake", None)
