@@ -196,7 +196,7 @@ class _Geometry:
     rel_k_grid: tuple[int, int]
     varlen: bool = False
     has_head_mask: bool = False
-    rel_dtype_ok: bool = True  # rel-pos terms in q's dtype (or float32 q): the one-hot bias products are exact
+    rel_dtype_ok: bool = True  # rel-pos terms in q's dtype: the one-hot bias products are then exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
 
     def rel_dot(self) -> int:
