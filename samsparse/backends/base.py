@@ -35,6 +35,8 @@ __all__ = [
     "UnsupportedCall",
     "MaskKernelArgs",
     "mask_kernel_args",
+    "empty_outputs",
+    "empty_varlen_outputs",
     "LAYOUT_SEQUENCE",
     "LAYOUT_TILES",
 ]
@@ -222,6 +224,27 @@ class Backend:
 
 
 BackendFactory = Callable[[], Backend]
+
+
+def empty_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' outputs for q [B, H, Nq, D]: out [B, H, Nq, D] in q's dtype, laid out as
+    [B, Nq, H, D] (so merging the heads after the call is free), and the float32 LSE [B, H, Nq].
+
+    Also the fake (meta) implementation of the kernel ops: under torch.compile's fake mode the
+    factory calls make fake tensors of the same shapes and strides.
+    """
+    b, h, nq, d = q.shape
+    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    return out, lse
+
+
+def empty_varlen_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of the packed variable-length kernels for q [total_q, H, D]: out like q
+    (contiguous) and the float32 LSE [H, total_q]."""
+    total_q, h, _ = q.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, torch.empty(h, total_q, dtype=torch.float32, device=q.device)
 
 
 def resolve_scale(q: torch.Tensor, scale: float | None) -> float:

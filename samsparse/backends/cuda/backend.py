@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, AttentionCall, Backend, mask_kernel_args
+from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, AttentionCall, Backend, empty_outputs, empty_varlen_outputs, mask_kernel_args
 
 __all__ = [
     "CudaBackend",
@@ -95,13 +95,6 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
 
 
-def _empty_out(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    b, h, nq, d = q.shape
-    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
-    return out, lse
-
-
 # ---------------------------------------------------------------------------- the op
 @torch.library.custom_op("samsparse::cuda_attention", mutates_args=())
 def _cuda_attention_op(
@@ -123,7 +116,7 @@ def _cuda_attention_op(
     rel_k_grid_h: int,
     rel_k_grid_w: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = _empty_out(q)
+    out, lse = empty_outputs(q)
     nk = k.shape[2]
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
@@ -152,12 +145,8 @@ def _cuda_attention_op(
 
 
 @_cuda_attention_op.register_fake
-def _(q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, scale, layout, block_q, block_k,
-      tile_grid_h, tile_grid_w, tile_h, tile_w, rel_k_grid_h, rel_k_grid_w):
-    b, h, nq, d = q.shape
-    out = q.new_empty((b, nq, h, d)).transpose(1, 2)
-    lse = q.new_empty((b, h, nq), dtype=torch.float32)
-    return out, lse
+def _(q, *args, **kwargs):
+    return empty_outputs(q)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_pos=None, scale: float | None = None):
@@ -209,8 +198,7 @@ def _cuda_varlen_op(
     block_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     total_q, h, d = q.shape
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+    out, lse = empty_varlen_outputs(q)
     batch = cu_seqlens_q.shape[0] - 1
     if total_q == 0 or batch <= 0:
         return out, lse
@@ -239,10 +227,8 @@ def _cuda_varlen_op(
 
 
 @_cuda_varlen_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices, scale,
-      block_q, block_k):
-    total_q, h, d = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((h, total_q), dtype=torch.float32)
+def _(q, *args, **kwargs):
+    return empty_varlen_outputs(q)
 
 
 def cuda_varlen_attention(

@@ -322,15 +322,13 @@ def _attn_fwd(
                 q_r = q_tok // RGW
                 q_c = q_tok - q_r * RGW
                 if D2 > 0:
-                    relh_q = _program_terms(q1, q2, TABH, sth_a, sth_b, sth_d, q_r, q_ok, RGH, RHP, TP,
-                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
-                    relw_q = _program_terms(q1, q2, TABW, stw_a, stw_b, stw_d, q_c, q_ok, RGW, RWP, TP,
-                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+                    q_rest = q2
                 else:
-                    relh_q = _program_terms(q1, q1, TABH, sth_a, sth_b, sth_d, q_r, q_ok, RGH, RHP, TP,
-                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
-                    relw_q = _program_terms(q1, q1, TABW, stw_a, stw_b, stw_d, q_c, q_ok, RGW, RWP, TP,
-                                            HEAD_DIM, D1, D2, IEEE, UPCAST)
+                    q_rest = q1  # unused (D2 == 0): any tensor of q's type
+                relh_q = _program_terms(q1, q_rest, TABH, sth_a, sth_b, sth_d, q_r, q_ok, RGH, RHP, TP,
+                                        HEAD_DIM, D1, D2, IEEE, UPCAST)
+                relw_q = _program_terms(q1, q_rest, TABW, stw_a, stw_b, stw_d, q_c, q_ok, RGW, RWP, TP,
+                                        HEAD_DIM, D1, D2, IEEE, UPCAST)
             else:
                 relh_q = tl.load(
                     relh_rows[:, None] + offs_rh[None, :] * shr, mask=q_ok[:, None] & (offs_rh < RGH)[None, :], other=0.0

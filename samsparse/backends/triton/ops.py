@@ -15,6 +15,7 @@ mask enters as its cached index tensors, the rel-pos as its tables or terms.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ import torch
 
 from . import configs as _cfg
 from .configs import TileConfig, head_dim_split, next_pow2
-from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, mask_kernel_args
+from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, empty_outputs, empty_varlen_outputs, mask_kernel_args
 
 __all__ = ["attention", "triton_varlen_attention", "relpos_terms", "LAYOUT_SEQUENCE", "LAYOUT_TILES"]
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+
+log = logging.getLogger(__name__)
 
 
 def _kernels():
@@ -119,9 +122,7 @@ class _Launcher:
                 runtime.launch_enter_hook, runtime.launch_exit_hook, *full,
             )
         except Exception as exc:  # an unexpected Triton internals change: use the normal path from now on
-            import logging
-
-            logging.getLogger(__name__).warning("fast Triton launch failed (%s); using kernel[grid] from now on", exc)
+            log.warning("fast Triton launch failed (%s); using kernel[grid] from now on", exc)
             self.enabled = False
             self.cache.clear()
             fn[grid](*tensors, *floats, *ints, **constexprs)
@@ -471,9 +472,7 @@ def _run_fitting(geo: _Geometry, device: torch.device, run, cfg: TileConfig, for
             if _out_of_resources(exc):
                 continue
             raise
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "Triton tile config %s does not fit this GPU (%s); using %s", cfg, str(first).splitlines()[0][:120], smaller
         )
         _TUNED[(geo, device)] = smaller
@@ -521,8 +520,7 @@ def _attention_impl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(q)
     if nq == 0:
         return out, lse
     has_rel = rel_h is not None or rh is not None
@@ -561,52 +559,14 @@ def _attention_impl(
     return out, lse
 
 
-@torch.library.custom_op("samsparse::triton_attention", mutates_args=())
-def _triton_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_num_blocks: Optional[torch.Tensor],
-    kv_indices: Optional[torch.Tensor],
-    rel_h: Optional[torch.Tensor],
-    rel_w: Optional[torch.Tensor],
-    rh: Optional[torch.Tensor],
-    rw: Optional[torch.Tensor],
-    scale: float,
-    layout: int,
-    block_q: int,
-    block_k: int,
-    tile_grid_h: int,
-    tile_grid_w: int,
-    tile_h: int,
-    tile_w: int,
-    rel_q_grid_h: int,
-    rel_q_grid_w: int,
-    rel_k_grid_h: int,
-    rel_k_grid_w: int,
-    block_m: int,
-    block_n: int,
-    num_warps: int,
-    num_stages: int,
-    rel_toeplitz: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Op form of :func:`attention` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
-    rel_toeplitz = 1: the tables are ``RelPos.toeplitz``)."""
-    return _attention_impl(
-        q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
-        tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
-        block_m, block_n, num_warps, num_stages, rel_toeplitz,
-    )
+# Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
+# rel_toeplitz = 1: the tables are ``RelPos.toeplitz``); the fake gives the outputs' shapes.
+_triton_attention_op = torch.library.custom_op("samsparse::triton_attention", _attention_impl, mutates_args=())
 
 
 @_triton_attention_op.register_fake
-def _(q, k, v, kv_num_blocks, kv_indices, rel_h, rel_w, rh, rw, scale, layout, block_q, block_k,
-      tile_grid_h, tile_grid_w, tile_h, tile_w, rel_q_grid_h, rel_q_grid_w, rel_k_grid_h, rel_k_grid_w,
-      block_m, block_n, num_warps, num_stages, rel_toeplitz=0):
-    b, h, nq, d = q.shape
-    out = q.new_empty((b, nq, h, d)).transpose(1, 2)
-    lse = q.new_empty((b, h, nq), dtype=torch.float32)
-    return out, lse
+def _(q, *args, **kwargs):
+    return empty_outputs(q)
 
 
 def attention(
@@ -679,8 +639,7 @@ def _varlen_impl(
     total_q, h, d = q.shape
     hkv = k.shape[1]
     batch = cu_seqlens_q.shape[0] - 1
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+    out, lse = empty_varlen_outputs(q)
     if total_q == 0 or batch <= 0:
         return out, lse
     masked = kv_num_blocks is not None
@@ -713,38 +672,13 @@ def _varlen_impl(
     return out, lse
 
 
-@torch.library.custom_op("samsparse::triton_varlen_attention", mutates_args=())
-def _triton_varlen_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-    kv_num_blocks: Optional[torch.Tensor],
-    kv_indices: Optional[torch.Tensor],
-    head_mask_type: Optional[torch.Tensor],
-    scale: float,
-    block_q: int,
-    block_k: int,
-    block_m: int,
-    block_n: int,
-    num_warps: int,
-    num_stages: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Op form of :func:`triton_varlen_attention`: (out [total_q, H, D], lse [H, total_q])."""
-    return _varlen_impl(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices,
-        head_mask_type, scale, block_q, block_k, block_m, block_n, num_warps, num_stages,
-    )
+# Op form of :func:`_varlen_impl`: (out [total_q, H, D], lse [H, total_q]).
+_triton_varlen_op = torch.library.custom_op("samsparse::triton_varlen_attention", _varlen_impl, mutates_args=())
 
 
 @_triton_varlen_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kv_num_blocks, kv_indices,
-      head_mask_type, scale, block_q, block_k, block_m, block_n, num_warps, num_stages):
-    total_q, h, d = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((h, total_q), dtype=torch.float32)
+def _(q, *args, **kwargs):
+    return empty_varlen_outputs(q)
 
 
 def triton_varlen_attention(
