@@ -90,6 +90,20 @@ template <int D> struct SmemLayout {
   }
 };
 
+// Token at position n_in of mask block `blk` (block size `bsz` tokens, `n` tokens in all) in
+// the sequence (layout 0) or tiles (layout 1) map, or -1 where the block has no token there.
+__device__ __forceinline__ int block_token(const FwdParams& p, int layout, int blk, int n_in, int bsz, int n) {
+  if (n_in >= bsz) return -1;
+  if (layout == 0) {
+    const int t0 = blk * bsz + n_in;
+    return t0 < n ? t0 : -1;
+  }
+  const int tr = blk / p.ntw, tc = blk - tr * p.ntw;
+  const int r = n_in / p.tw, c = n_in - r * p.tw;
+  const int row = tr * p.th + r, col = tc * p.tw + c;
+  return (row < p.tgh && col < p.tgw) ? row * p.tgw + col : -1;
+}
+
 // ------------------------------------------------------------------------------ PTX helpers
 __device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
@@ -223,22 +237,7 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
   if (layout == 0 && qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
 
   // ---------------------------------------------------------------- query tokens of this tile
-  for (int m = tid; m < kBlockM; m += kThreads) {
-    const int n_in = qs * kBlockM + m;
-    int tok = -1;
-    if (n_in < bq) {
-      if (layout == 0) {
-        const int t0 = qb * bq + n_in;
-        if (t0 < nq) tok = t0;
-      } else {
-        const int tr = qb / p.ntw, tc = qb - tr * p.ntw;
-        const int r = n_in / p.tw, c = n_in - r * p.tw;
-        const int row = tr * p.th + r, col = tc * p.tw + c;
-        if (row < p.tgh && col < p.tgw) tok = row * p.tgw + col;
-      }
-    }
-    sQTok[m] = tok;
-  }
+  for (int m = tid; m < kBlockM; m += kThreads) sQTok[m] = block_token(p, layout, qb, qs * kBlockM + m, bq, nq);
 
   // ---------------------------------------------------------------- key steps
   int n_steps;
@@ -262,19 +261,7 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
     if (tid < kBlockN) {
       const int n = tid;
       const int sub = t - (t / sub_n) * sub_n;
-      const int n_in = sub * kBlockN + n;
-      int tok = -1;
-      if (n_in < bk) {
-        if (layout == 0) {
-          const int t0 = j * bk + n_in;
-          if (t0 < nk) tok = t0;
-        } else {
-          const int tr = j / p.ntw, tc = j - tr * p.ntw;
-          const int r = n_in / p.tw, c = n_in - r * p.tw;
-          const int row = tr * p.th + r, col = tc * p.tw + c;
-          if (row < p.tgh && col < p.tgw) tok = row * p.tgw + col;
-        }
-      }
+      const int tok = block_token(p, layout, j, sub * kBlockN + n, bk, nk);
       sTok[slot * kBlockN + n] = tok;
       if constexpr (kBias == kBiasGeneric) {
         int rc = -1;
