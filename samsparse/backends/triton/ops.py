@@ -605,7 +605,7 @@ def attention(
             rel_h, rel_w = rel_pos.rel_h.to(q.device), rel_pos.rel_w.to(q.device)
         else:
             rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)
-            toeplitz = int(bool(getattr(rel_pos, "toeplitz", False)))
+            toeplitz = int(rel_pos.toeplitz)
     c = config or TileConfig(0, 0, 0, 0)
     # eager calls skip the dispatcher (tens of microseconds); traced code sees the custom op
     fn = torch.ops.samsparse.triton_attention if _tracing() else _attention_impl
