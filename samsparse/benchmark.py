@@ -120,10 +120,17 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     """The encoder for one table row.
 
     'original', 'sdpa', 'dense', 'sparse:<recipe>[@all]', each optionally with
-    '+compile' (torch.compile of the whole encoder, default mode) or '+graphs'
-    (torch.compile mode "reduce-overhead": CUDA graphs).
+    '+compile' (``optimize(compile="default")``; for 'original', torch.compile of the
+    whole encoder) or '+graphs' (mode "reduce-overhead": CUDA graphs); '-encoder' after
+    either ('+compile-encoder') compiles the patched encoder as one graph instead of
+    block by block.
     """
-    for suffix, mode in (("+compile", "default"), ("+graphs", "reduce-overhead")):
+    for suffix, mode, scope in (
+        ("+compile-encoder", "default", "encoder"),
+        ("+graphs-encoder", "reduce-overhead", "encoder"),
+        ("+compile", "default", "blocks"),
+        ("+graphs", "reduce-overhead", "blocks"),
+    ):
         if variant.endswith(suffix):
             model = _variant_model(base, variant[: -len(suffix)], device, dtype)
             if variant.startswith("original"):
@@ -131,7 +138,7 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
             else:
                 from .fast import optimize
 
-                optimize(model, dtype=None, compile=mode)
+                optimize(model, dtype=None, compile=mode, compile_scope=scope)
             return model
     model = copy.deepcopy(base)
     if variant == "original":

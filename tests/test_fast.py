@@ -29,20 +29,31 @@ def test_bf16_encoder_close_to_fp32_original(tiny):
     assert err <= 2 * err_orig + 1e-2, f"{err} vs SAM bf16 {err_orig}"
 
 
-def test_compiled_encoder_one_graph_for_all_blocks(tiny):
+@pytest.mark.parametrize("scope", ["encoder", "blocks"])
+def test_compiled_encoder_no_graph_break_no_recompile_per_layer(tiny, scope):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("eager")
-    model = optimize(copy.deepcopy(tiny), dtype=None, compile="default", backend="sdpa", compile_backend=counter)
+    model = optimize(
+        copy.deepcopy(tiny), dtype=None, compile="default", backend="sdpa", compile_backend=counter, compile_scope=scope
+    )
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         out = model.image_encoder(x)
         out2 = model.image_encoder(x + 1)
         ref = tiny.image_encoder(x)
-    assert counter.frame_count == 1, f"{counter.frame_count} graphs: graph breaks or recompiles"
+    # encoder: one graph; blocks: one per block kind (windowed, global) + patch embedding + neck,
+    # whatever the depth (4 blocks here, 2 of each kind)
+    expected = 1 if scope == "encoder" else 4
+    assert counter.frame_count == expected, f"{counter.frame_count} graphs: graph breaks or recompiles"
     assert (out - ref).abs().max() <= 1e-5
     assert not torch.equal(out, out2)
+
+
+def test_compile_scope_is_checked(tiny):
+    with pytest.raises(ValueError, match="compile_scope must be one of"):
+        optimize(copy.deepcopy(tiny), dtype=None, backend="sdpa", compile="default", compile_scope="layers")
 
 
 def test_optimize_patches_unpatched_model_and_rejects_non_sam():
@@ -60,3 +71,24 @@ def test_optimize_on_an_encoder_already_in_bf16(tiny):
     with torch.no_grad():
         out = model.image_encoder(torch.randn(1, 3, 128, 128, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16
+
+
+def test_matmul_patch_embedding_equals_the_convolution(tiny):
+    from samsparse.patch_embed import patch_embed_matmul, use_matmul_patch_embed
+
+    pe = copy.deepcopy(tiny.image_encoder.patch_embed)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = pe(x)
+        assert use_matmul_patch_embed(pe)
+        out = pe(x)
+        odd = torch.randn(1, 3, 120, 136)  # not a multiple of the 16x16 kernel: the convolution's semantics
+        assert torch.allclose(patch_embed_matmul(odd, pe.proj), pe.proj(odd).permute(0, 2, 3, 1), atol=1e-5)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
+    with pytest.raises(ValueError, match="channels"):
+        patch_embed_matmul(torch.randn(1, 4, 32, 32), pe.proj)
+    assert not use_matmul_patch_embed(torch.nn.Conv2d(3, 8, 16, 16))  # not a SAM PatchEmbed
+    strided = copy.deepcopy(tiny.image_encoder.patch_embed)
+    strided.proj = torch.nn.Conv2d(3, 8, 16, 8)
+    assert not use_matmul_patch_embed(strided)  # overlapping patches stay a convolution

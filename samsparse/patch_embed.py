@@ -1,0 +1,78 @@
+"""SAM's patch embedding as one matrix product.
+
+segment_anything's ``PatchEmbed`` is a ``Conv2d`` with kernel == stride (16x16) and
+3 input channels, followed by a permute to ``[B, H/16, W/16, C]``. cuDNN runs that
+convolution poorly on 3-channel bf16 input (it first pads the channels to 8 in NHWC,
+then uses a generic fprop kernel: ~1.3 ms for vit_b at B=8 on an H100, about 6% of
+the optimized encoder). The same operation is a reshape of the image into
+non-overlapping patches followed by one GEMM against the flattened kernel; both sum
+the same ``C*kh*kw`` products in fp32, so the result equals the convolution up to
+summation order.
+
+:func:`use_matmul_patch_embed` switches a ``PatchEmbed`` to that form in place; the
+parameters are the convolution's own, so checkpoints are unaffected.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["patch_embed_matmul", "use_matmul_patch_embed"]
+
+
+def _is_patchify_conv(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and tuple(conv.stride) == tuple(conv.kernel_size)
+        and tuple(conv.padding) == (0, 0)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def patch_embed_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x).permute(0, 2, 3, 1)`` for a kernel == stride convolution, as a GEMM.
+
+    Args:
+        x: images ``[B, C, H, W]`` (any float dtype: cast to the kernel's dtype first).
+        conv: the patchify convolution (kernel == stride, no padding, groups 1).
+
+    Returns:
+        ``[B, H/kh, W/kw, out_channels]`` in the kernel's dtype.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+    x = x.to(conv.weight.dtype)
+    b, c, h, w = x.shape
+    kh, kw = conv.kernel_size
+    if c != conv.in_channels:
+        raise ValueError(f"image has {c} channels, the patch embedding expects {conv.in_channels}")
+    if h % kh or w % kw:
+        # the convolution drops the remainder rows / columns; keep its exact semantics
+        return conv(x).permute(0, 2, 3, 1)
+    gh, gw = h // kh, w // kw
+    patches = x.reshape(b, c, gh, kh, gw, kw).permute(0, 2, 4, 1, 3, 5).reshape(b, gh, gw, c * kh * kw)
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
+def _forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return patch_embed_matmul(x, self.proj)
+
+
+def use_matmul_patch_embed(patch_embed: nn.Module) -> bool:
+    """Run a segment_anything ``PatchEmbed`` as one GEMM (in place); returns whether it did.
+
+    Modules of any other class (timm's patch embedding, which may add a norm or
+    flatten) and convolutions that are not a plain patchify are left unchanged.
+    """
+    cls = type(patch_embed)
+    is_sam = cls.__name__ == "PatchEmbed" and cls.__module__.startswith("segment_anything")
+    if not is_sam or not _is_patchify_conv(getattr(patch_embed, "proj", None)):
+        return False
+    patch_embed.forward = types.MethodType(_forward, patch_embed)
+    return True
