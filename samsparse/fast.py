@@ -30,6 +30,7 @@ from .patch_embed import use_matmul_patch_embed
 __all__ = ["optimize", "encoder_of", "COMPILE_SCOPES"]
 
 COMPILE_SCOPES = ("blocks", "encoder")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def optimize(
         compile_backend: the ``torch.compile`` backend (tests pass a counting backend).
         compile_scope: "blocks" (each block compiled on its own: one graph per block
             kind, short cold compile) or "encoder" (the whole forward as one graph).
+            The CUDA-graph modes ("reduce-overhead", "max-autotune") always use "encoder".
     """
     if compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
@@ -120,6 +122,11 @@ def optimize(
             return torch.compile(fn, mode=mode, dynamic=False, backend=compile_backend)
 
         blocks = getattr(enc, "blocks", None)
+        if compile_scope == "blocks" and compile in _CUDAGRAPH_MODES:
+            # CUDA-graph trees replay one graph per compiled function: blocks of one kind would
+            # share it and overwrite each other's outputs, so these modes capture the encoder whole
+            log.info("compile=%r uses CUDA graphs: compiling the encoder as one graph", compile)
+            compile_scope = "encoder"
         if compile_scope == "blocks" and blocks is not None and len(blocks) > 0:
             for blk in blocks:
                 blk.forward = compiled(blk.forward)

@@ -92,3 +92,19 @@ def test_matmul_patch_embedding_equals_the_convolution(tiny):
     strided = copy.deepcopy(tiny.image_encoder.patch_embed)
     strided.proj = torch.nn.Conv2d(3, 8, 16, 8)
     assert not use_matmul_patch_embed(strided)  # overlapping patches stay a convolution
+
+
+def test_cuda_graph_modes_compile_the_encoder_whole(tiny, monkeypatch):
+    """Per-block CUDA graphs would overwrite each other's outputs: those modes use one graph."""
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(getattr(fn, "__self__", None))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = optimize(copy.deepcopy(tiny), dtype=None, backend="sdpa", compile="reduce-overhead")
+    assert compiled == [model.image_encoder]
+    compiled.clear()
+    model = optimize(copy.deepcopy(tiny), dtype=None, backend="sdpa", compile="default")
+    assert len(compiled) == len(model.image_encoder.blocks) + 2  # blocks + patch embedding + neck

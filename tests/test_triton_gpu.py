@@ -74,6 +74,29 @@ def test_gpu_every_candidate_config_is_correct(config):
     assert res["ok"], "\n".join(res["problems"])
 
 
+def _window_configs() -> list:
+    try:
+        from samsparse.backends.triton.configs import window_candidates
+    except ImportError:  # no triton: the module is skipped anyway
+        return []
+    return [(d, (c.block_m, c.block_n, c.num_warps, c.num_stages)) for d in (64, 80) for c in window_candidates(d)]
+
+
+@pytest.mark.parametrize("d,config", _window_configs())
+def test_gpu_every_window_candidate_config_is_correct(d, config):
+    """SAM's 14x14 windows (tables in, strided q/k/v, 16 heads, 50 windows): every candidate the
+    autotuner may pick for the window shape class must be right, for vit_b's d=64 and vit_h's d=80."""
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton.configs import TileConfig
+
+    case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=7)
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
+    torch.cuda.synchronize()
+    res = check(case, q, k, v, mask, rel_pos, out, lse)
+    assert res["ok"], "\n".join(res["problems"])
+
+
 def test_gpu_autotune_and_cache(tmp_path, monkeypatch):
     from samsparse.backends.triton import configs, ops
 

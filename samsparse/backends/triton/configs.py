@@ -152,7 +152,10 @@ def window_candidates(head_dim: int) -> list[TileConfig]:
         TileConfig(64, 64, 4, 3),
     ]
     if head_dim > 64:
-        out = [c for c in out if not (c.block_m == 128 and c.block_n == 256)]
+        # d=80 (vit_h) with BLOCK_N=256 computed wrong results and then faulted (illegal memory
+        # access) on an H100 with Triton 3.6, while the interpreter agrees with the reference: a
+        # code-generation problem of the 64 + 16 split at that tile width, so not a candidate
+        out = [c for c in out if c.block_n < 256]
     return out
 
 
