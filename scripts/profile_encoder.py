@@ -23,9 +23,9 @@ import torch
 GROUPS = (
     ("attention (ours)", re.compile(r"_attn_fwd|attn_fwd_kernel")),
     ("rel-pos terms", re.compile(r"_relpos_terms")),
-    ("attention (SDPA)", re.compile(r"fmha|flash|cudnn|attention", re.I)),
+    ("attention (SDPA)", re.compile(r"fmha|flash|sdpa", re.I)),
+    ("convolution", re.compile(r"conv|fprop|implicit|nhwc", re.I)),
     ("GEMM", re.compile(r"gemm|xmma|cutlass|nvjet|sm90_|sm80_|ampere|hopper", re.I)),
-    ("convolution", re.compile(r"conv|implicit", re.I)),
     ("Inductor fused", re.compile(r"^triton_")),
 )
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         end.record()
         torch.cuda.synchronize()
         wall_ms = start.elapsed_time(end) / args.calls
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA], acc_events=True) as prof:
             for _ in range(args.calls):
                 enc(x)
             torch.cuda.synchronize()

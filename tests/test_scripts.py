@@ -39,3 +39,22 @@ def test_gpu_scripts_refuse_cpu_machines_cleanly(name):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "needs a CUDA GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_encoder_groups_kernels_by_what_they_do():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import profile_encoder
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    cases = {
+        "_attn_fwd": "attention (ours)",
+        "_relpos_terms": "rel-pos terms",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma": "attention (SDPA)",
+        "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16": "convolution",
+        "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN": "GEMM",
+        "triton_poi_fused_gelu_view_4": "Inductor fused",
+        "Memset (Device)": "other",
+    }
+    for name, group in cases.items():
+        assert profile_encoder.group_of(name) == group, name
