@@ -261,6 +261,23 @@ def markdown_table(results: Sequence[EncoderResult]) -> str:
     return "\n".join(lines)
 
 
+_COMPILE_SUFFIX = {"default": "+compile", "reduce-overhead": "+graphs"}
+
+
+def quick_variants(recipes: Sequence[str], compile: str | None = None) -> list[str]:
+    """The variants of :func:`quick_table`: original and SDPA, then each recipe ("dense" or a
+    mask recipe for the global blocks); with ``compile`` ("default" or "reduce-overhead"), the
+    original and every recipe once more through ``torch.compile`` / ``samsparse.optimize``."""
+    if compile is not None and compile not in _COMPILE_SUFFIX:
+        raise ValueError(f"compile must be one of {sorted(_COMPILE_SUFFIX)} or None, got {compile!r}")
+    patched = ["dense" if r == "dense" else f"sparse:{r}" for r in recipes]
+    variants = ["original", "sdpa"] + patched
+    if compile is not None:
+        suffix = _COMPILE_SUFFIX[compile]
+        variants += [v + suffix for v in ["original"] + patched]
+    return variants
+
+
 def quick_table(
     model_type: str = "vit_b",
     device: torch.device | str | None = None,
@@ -269,19 +286,23 @@ def quick_table(
     recipes: Sequence[str] = ("dense", "hierarchical:density=0.25"),
     checkpoint: str | None = None,
     image_size: int | None = None,
+    compile: str | None = None,
 ) -> list[dict]:
     """A quick table for this device (``samsparse bench``): original vs patched variants.
 
     ``recipes``: "dense" -> the dense patched encoder, anything else -> that recipe on
-    the global blocks. On CPU the default image size drops to 256 to stay quick.
+    the global blocks. ``compile``: also time the original under ``torch.compile`` and each
+    recipe through ``samsparse.optimize(compile=...)`` ("default", or "reduce-overhead" for
+    CUDA graphs); the "first call s" column then shows the compile time.
+    On CPU the default image size drops to 256 to stay quick.
     ``checkpoint`` is accepted for symmetry with the CLI; speed does not depend on weights,
     so random weights of the same size are used.
     """
+    variants = quick_variants(recipes, compile)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = image_size or (1024 if device.type == "cuda" else 256)
-    variants = ["original", "sdpa"] + ["dense" if r == "dense" else f"sparse:{r}" for r in recipes]
     repeat = 10 if device.type == "cuda" else 2
     rows = bench_encoder(model_type, batch_sizes, dtype, device, variants, img_size=size, warmup=1, repeat=repeat)
     return [r.to_dict() for r in rows]

@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-sizes", type=_int_list, default=None, help="e.g. 1,4")
     be.add_argument("--recipes", nargs="+", default=None, help='recipes to time (default: dense and "hierarchical:density=0.25")')
     be.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's, 1024)")
+    be.add_argument("--compile", choices=["default", "reduce-overhead"], default=None,
+                    help="also time each variant compiled: samsparse.optimize(compile=...) "
+                         "(reduce-overhead: CUDA graphs); the first-call column shows the compile time")
     be.add_argument("-o", "--output", default=None, help="also write the table as CSV")
     be.set_defaults(func=cmd_bench)
 
@@ -846,7 +849,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _check_single_output(Path(args.output), args.overwrite)
     _check_model_options(args)
     kwargs = _user_set(args, {"model": "model_type", "checkpoint": "checkpoint", "device": "device", "dtype": "dtype",
-                              "batch_sizes": "batch_sizes", "recipes": "recipes", "image_size": "image_size"})
+                              "batch_sizes": "batch_sizes", "recipes": "recipes", "image_size": "image_size",
+                              "compile": "compile"})
     if "batch_sizes" in kwargs:
         kwargs["batch_sizes"] = tuple(kwargs["batch_sizes"])
     if "recipes" in kwargs:

@@ -342,10 +342,26 @@ def test_bench_wiring(monkeypatch, capsys, tmp_path):
     assert seen == {"device": "cpu", "batch_sizes": (1, 2)}  # only what the user set
     assert "variant" in out and "0.75" in out
     assert (tmp_path / "b.csv").read_text().splitlines()[0] == "variant,ms"
+    seen.clear()
+    rc, out, err = run_main(capsys, "bench", "--device", "cpu", "--compile", "reduce-overhead")
+    assert rc == 0, err
+    assert seen == {"device": "cpu", "compile": "reduce-overhead"}
+    rc, out, err = run_main(capsys, "bench", "--compile", "max")
+    assert rc == 2 and "--compile" in err
     monkeypatch.setitem(sys.modules, "samsparse.benchmark", None)  # as if the module were missing
     monkeypatch.delattr("samsparse.benchmark", raising=False)
     rc, out, err = run_main(capsys, "bench")
     assert rc == 2 and "samsparse.benchmark" in err and "not part of this installation" in err
+
+
+def test_bench_quick_variants():
+    from samsparse.benchmark import quick_variants
+
+    assert quick_variants(["dense", "local:radius=2"]) == ["original", "sdpa", "dense", "sparse:local:radius=2"]
+    assert quick_variants(["dense"], "default") == ["original", "sdpa", "dense", "original+compile", "dense+compile"]
+    assert quick_variants(["dense"], "reduce-overhead")[-2:] == ["original+graphs", "dense+graphs"]
+    with pytest.raises(ValueError, match="compile must be one of"):
+        quick_variants(["dense"], "max-autotune")
 
 
 @pytest.mark.slow
