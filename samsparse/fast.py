@@ -35,6 +35,22 @@ _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes th
 log = logging.getLogger(__name__)
 
 _HOOKS_ATTR = "_samsparse_cast_hooks"
+_COMPILED_ATTR = "_samsparse_compiled_forwards"  # [(module, forward it had before compiling)]
+
+
+def _restore_forwards(enc: nn.Module) -> None:
+    """Undo an earlier ``optimize(compile=...)``: each compiled forward goes back to what it was."""
+    for module, previous in reversed(getattr(enc, _COMPILED_ATTR, ())):
+        if previous is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.forward = previous
+    object.__setattr__(enc, _COMPILED_ATTR, [])
+
+
+def _compile_forward(enc: nn.Module, module: nn.Module, compiled) -> None:
+    getattr(enc, _COMPILED_ATTR).append((module, module.__dict__.get("forward")))
+    module.forward = compiled(module.forward)
 
 
 def encoder_of(model: nn.Module) -> nn.Module:
@@ -85,6 +101,7 @@ def optimize(
     if compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
     enc = encoder_of(model)
+    _restore_forwards(enc)  # optimize again (another dtype, mode or scope) starts from the eager encoder
     if not is_patched(model):
         patch(model, mask=mask, backend=backend, blocks=blocks)
     param = next(enc.parameters())
@@ -129,12 +146,12 @@ def optimize(
             compile_scope = "encoder"
         if compile_scope == "blocks" and blocks is not None and len(blocks) > 0:
             for blk in blocks:
-                blk.forward = compiled(blk.forward)
+                _compile_forward(enc, blk, compiled)
             for name in ("patch_embed", "neck"):
                 sub = getattr(enc, name, None)
                 if isinstance(sub, nn.Module):
-                    sub.forward = compiled(sub.forward)
+                    _compile_forward(enc, sub, compiled)
         else:
-            enc.forward = compiled(enc.forward)
+            _compile_forward(enc, enc, compiled)
         log.info("image encoder compiled (mode=%s, scope=%s)", compile, compile_scope)
     return model

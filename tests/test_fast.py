@@ -108,3 +108,32 @@ def test_cuda_graph_modes_compile_the_encoder_whole(tiny, monkeypatch):
     compiled.clear()
     model = optimize(copy.deepcopy(tiny), dtype=None, backend="sdpa", compile="default")
     assert len(compiled) == len(model.image_encoder.blocks) + 2  # blocks + patch embedding + neck
+
+
+def test_optimize_again_starts_from_the_eager_encoder(tiny, monkeypatch):
+    """A second optimize (other mode, scope, or none) replaces the compiled forwards, never wraps them."""
+    wrapped = []
+
+    def fake_compile(fn, **kwargs):
+        wrapped.append(fn)
+
+        def compiled_fn(*a, **k):
+            return fn(*a, **k)
+
+        compiled_fn.is_compiled = True
+        return compiled_fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = optimize(copy.deepcopy(tiny), dtype=None, backend="sdpa", compile="default")
+    enc = model.image_encoder
+    assert all(getattr(b.forward, "is_compiled", False) for b in enc.blocks)
+    wrapped.clear()
+    optimize(model, dtype=None, backend="sdpa", compile="default", compile_scope="encoder")
+    assert not any(getattr(fn, "is_compiled", False) for fn in wrapped)  # nothing compiled twice
+    assert "forward" not in enc.blocks[0].__dict__ and getattr(enc.forward, "is_compiled", False)
+    optimize(model, dtype=None, backend="sdpa", compile=None)
+    assert "forward" not in enc.__dict__ and "forward" not in enc.blocks[0].__dict__
+    assert not getattr(enc.patch_embed.forward, "is_compiled", False)  # the GEMM embedding, eager
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(enc(x), tiny.image_encoder(x), atol=1e-5)
