@@ -5,9 +5,10 @@
 # Stages (default: all, in this order; each has its own time limit and log under $OUT):
 #   tests      GPU test grids of the Triton and CUDA backends
 #   attention  scripts/bench_attention.py (all SDPA backends, Flex, SAM eager; sequence + tiles masks)
-#   encoder8   vit_b B=8 encoder: original, sdpa, dense, 25% hierarchical, each eager and compiled
+#   encoder8   vit_b B=8 encoder: original, sdpa, dense, 25% hierarchical (8x16 and 1x64 tiles), eager and compiled
 #   encoder1   vit_b B=1 encoder with CUDA graphs
-#   vith       vit_h B=1 and 8, eager
+#   vith       vit_h B=8 eager and compiled, B=1 eager and CUDA graphs
+#   profile    GPU time per kernel group of the compiled vit_b B=8 encoder, dense and 25%
 #   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
 #   cuda       scripts/check_cuda_gpu.sh build + bench
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
@@ -18,7 +19,7 @@ export OUT="${OUT:-gpu_session_out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(tests attention encoder8 encoder1 vith cold cuda ncu)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(tests attention encoder8 encoder1 vith cold profile cuda ncu)
 
 run() {  # run NAME SECONDS CMD...
   local name=$1 limit=$2; shift 2
@@ -36,12 +37,21 @@ for stage in "${STAGES[@]}"; do
         --json "$OUT/attention.json" --md "$OUT/attention.md" ;;
     encoder8) run encoder8 420 "$PY" scripts/bench_encoder.py --models vit_b --batch 8 --dtype bf16 --no-fp32 \
         --repeat 10 --recipes hierarchical:density=0.25 --compile \
-        --extra-variants "sparse:hierarchical:density=0.25+compile" --json "$OUT/encoder8.json" --md "$OUT/encoder8.md" ;;
+        --extra-variants "sparse:hierarchical:density=0.25+compile" "sparse:hierarchical:density=0.25,tile=1x64+compile" \
+        --json "$OUT/encoder8.json" --md "$OUT/encoder8.md" ;;
     encoder1) run encoder1 300 "$PY" scripts/bench_encoder.py --models vit_b --batch 1 --dtype bf16 --no-fp32 \
         --repeat 20 --recipes --extra-variants "dense+graphs" "original+graphs" \
         --json "$OUT/encoder1.json" --md "$OUT/encoder1.md" ;;
-    vith) run vith 420 "$PY" scripts/bench_encoder.py --models vit_h --batch 1 8 --dtype bf16 --no-fp32 \
-        --repeat 10 --recipes hierarchical:density=0.25 --json "$OUT/vith.json" --md "$OUT/vith.md" ;;
+    vith)
+      run vith8 300 "$PY" scripts/bench_encoder.py --models vit_h --batch 8 --dtype bf16 --no-fp32 --repeat 5 \
+          --recipes hierarchical:density=0.25 --extra-variants dense+compile "sparse:hierarchical:density=0.25+compile" \
+          --json "$OUT/vith8.json" --md "$OUT/vith8.md"
+      run vith1 200 "$PY" scripts/bench_encoder.py --models vit_h --batch 1 --dtype bf16 --no-fp32 --repeat 10 \
+          --recipes --extra-variants dense+graphs --json "$OUT/vith1.json" --md "$OUT/vith1.md" ;;
+    profile)
+      run profile_dense 150 "$PY" scripts/profile_encoder.py --batch 8 --json "$OUT/profile_dense.json"
+      run profile_sparse 150 "$PY" scripts/profile_encoder.py --batch 8 --recipe hierarchical:density=0.25 \
+          --json "$OUT/profile_sparse.json" ;;
     cold)
       cold=$(mktemp -d)
       run cold 240 env SAMSPARSE_HOME="$cold/home" TORCHINDUCTOR_CACHE_DIR="$cold/inductor" \
