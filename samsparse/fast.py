@@ -38,6 +38,24 @@ _HOOKS_ATTR = "_samsparse_cast_hooks"
 _COMPILED_ATTR = "_samsparse_compiled_forwards"  # [(module, forward it had before compiling)]
 
 
+class _CastIn:
+    """Forward pre-hook: the encoder's image input in the encoder's dtype (a class, so models pickle)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __call__(self, module: nn.Module, args: tuple):
+        x = args[0]
+        return (x.to(self.dtype),) + tuple(args[1:]) if x.dtype != self.dtype else None
+
+
+class _CastOut:
+    """Forward hook: the embedding back in float32."""
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor):
+        return out.float() if out.dtype != torch.float32 else None
+
+
 def _restore_forwards(enc: nn.Module) -> None:
     """Undo an earlier ``optimize(compile=...)``: each compiled forward goes back to what it was."""
     for module, previous in reversed(getattr(enc, _COMPILED_ATTR, ())):
@@ -115,17 +133,10 @@ def optimize(
         for handle in getattr(enc, _HOOKS_ATTR, ()):
             handle.remove()
 
-        def cast_in(module, args):
-            x = args[0]
-            return (x.to(dtype),) + tuple(args[1:]) if x.dtype != dtype else None
-
-        def cast_out(module, args, out):
-            return out.float() if out.dtype != torch.float32 else None
-
         # the GEMM patch embedding casts the image itself (fused with its patch gather when compiled)
-        handles = (enc.register_forward_hook(cast_out),)
+        handles = (enc.register_forward_hook(_CastOut()),)
         if not gemm_embed:
-            handles = (enc.register_forward_pre_hook(cast_in),) + handles
+            handles = (enc.register_forward_pre_hook(_CastIn(dtype)),) + handles
         object.__setattr__(enc, _HOOKS_ATTR, handles)
     size = _encoder_input_size(enc)
     # the warm-up input has the encoder's own dtype (the cast hook, if any, handles float32 too)

@@ -137,3 +137,18 @@ def test_optimize_again_starts_from_the_eager_encoder(tiny, monkeypatch):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.allclose(enc(x), tiny.image_encoder(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_optimized_model_pickles_and_keeps_its_state_dict_keys(tiny, dtype):
+    import io
+
+    model = optimize(copy.deepcopy(tiny), dtype=dtype, backend="sdpa")
+    assert list(model.state_dict()) == list(tiny.state_dict())  # the GEMM embedding shares the conv's parameters
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(again.image_encoder(x), model.image_encoder(x))
