@@ -3,9 +3,10 @@
     sam = samsparse.load("vit_b")
     samsparse.optimize(sam, dtype=torch.bfloat16, compile="default")
 
-The encoder's input is cast to ``dtype`` and its output back to float32 by
-forward hooks, so SAM's prompt encoder, mask decoder and predictors keep working
-unchanged. Before compiling, one eager forward fills the per-model caches (masks,
+The encoder's input is cast to ``dtype`` (by segment_anything's patch embedding,
+which runs as one GEMM, see :mod:`samsparse.patch_embed`; by a forward pre-hook for
+other encoders) and its output back to float32 by a forward hook, so SAM's prompt
+encoder, mask decoder and predictors keep working unchanged. Before compiling, one eager forward fills the per-model caches (masks,
 backend choice), so ``torch.compile`` traces with no graph break: every block,
 windowed and global, shares the same custom op.
 
