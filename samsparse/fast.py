@@ -28,9 +28,11 @@ from torch import nn
 from .patch import is_patched, patch
 from .patch_embed import use_matmul_patch_embed
 
-__all__ = ["optimize", "encoder_of", "COMPILE_SCOPES"]
+__all__ = ["optimize", "encoder_of", "COMPILE_MODES", "COMPILE_SCOPES"]
 
 COMPILE_SCOPES = ("blocks", "encoder")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,12 @@ def optimize(
     """
     if compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be None (eager) or one of {COMPILE_MODES}, got {compile!r}")
+    if dtype is not None and dtype not in _DTYPES:
+        raise TypeError(f"dtype must be None (keep) or one of {', '.join(map(str, _DTYPES))}, got {dtype!r}")
+    if not isinstance(example_batch, int) or example_batch < 1:
+        raise ValueError(f"example_batch must be a positive int, got {example_batch!r}")
     enc = encoder_of(model)
     _restore_forwards(enc)  # optimize again (another dtype, mode or scope) starts from the eager encoder
     if not is_patched(model):

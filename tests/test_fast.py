@@ -152,3 +152,14 @@ def test_optimized_model_pickles_and_keeps_its_state_dict_keys(tiny, dtype):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(again.image_encoder(x), model.image_encoder(x))
+
+
+def test_optimize_checks_its_arguments(tiny):
+    model = copy.deepcopy(tiny)
+    with pytest.raises(ValueError, match="compile must be None"):
+        optimize(model, dtype=None, backend="sdpa", compile="fast")
+    with pytest.raises(TypeError, match="dtype must be None"):
+        optimize(model, dtype=torch.int8, backend="sdpa")
+    with pytest.raises(ValueError, match="example_batch"):
+        optimize(model, dtype=None, backend="sdpa", example_batch=0)
+    assert next(model.parameters()).dtype == torch.float32  # nothing touched before the checks
