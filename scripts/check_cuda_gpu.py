@@ -162,20 +162,10 @@ def _timer():
     except Exception:  # noqa: BLE001
         import torch
 
+        from samsparse.benchmark import time_fn
+
         def run(fn):
-            for _ in range(5):
-                fn()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(30):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            times.sort()
-            return times[len(times) // 2]
+            return time_fn(fn, torch.device("cuda"), warmup=5, repeat=30)[0]
 
         return run, "CUDA events (median of 30)"
 

@@ -209,3 +209,25 @@ def test_auto_sends_plain_dense_gpu_calls_to_pytorch_sdpa(monkeypatch):
         assert registry.select(q, k, v).name == "eager_fake"  # CPU tensors: priority order
     finally:
         registry._INSTANCES.pop("eager_fake", None)
+
+
+def test_check_varlen_args_shared_by_the_kernel_backends():
+    from samsparse.backends.base import check_varlen_args
+
+    q = k = v = torch.zeros(10, 4, 8)
+    cu = torch.tensor([0, 4, 10])
+    nb, idx = torch.ones(1, 4, 1, dtype=torch.int32), torch.zeros(1, 4, 1, 1, dtype=torch.int32)
+    assert check_varlen_args(q, k, v, cu, cu, 6, None, None, 128) == (128, 128)
+    assert check_varlen_args(q, k, v, cu, cu, 6, nb, idx, (64, 32)) == (64, 32)
+    bad = [
+        ((torch.zeros(1, 10, 4, 8), k, v, cu, cu, 6, None, None, 128), "q must be packed"),
+        ((q, torch.zeros(10, 3, 8), torch.zeros(10, 3, 8), cu, cu, 6, None, None, 128), "need a multiple"),
+        ((q, k, v, cu, cu[:2], 6, None, None, 128), "cu_seqlens_q and cu_seqlens_k"),
+        ((q, k, v, cu, cu, 6, nb, None, 128), "give both"),
+        ((q, k, v, cu, cu, 6, nb[0], idx, 128), r"kv_num_blocks must be \[B', H', Mq\]"),
+        ((q, k, v, cu, cu, 6, torch.ones(3, 4, 1, dtype=torch.int32), idx, 128), "does not broadcast to B=2, H=4"),
+        ((q, k, v, cu, cu, 200, nb, idx, 128), "needs 2"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            check_varlen_args(*args)

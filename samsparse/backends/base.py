@@ -37,6 +37,8 @@ __all__ = [
     "mask_kernel_args",
     "empty_outputs",
     "empty_varlen_outputs",
+    "check_varlen_args",
+    "resolve_scale",
     "LAYOUT_SEQUENCE",
     "LAYOUT_TILES",
 ]
@@ -245,6 +247,54 @@ def empty_varlen_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total_q, h, _ = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     return out, torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+
+
+def check_varlen_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    kv_num_blocks: torch.Tensor | None,
+    kv_indices: torch.Tensor | None,
+    block_size: int | tuple[int, int],
+) -> tuple[int, int]:
+    """Check the packed variable-length arguments the kernel backends share; returns (bq, bk).
+
+    q [total_q, H, D], k/v [total_k, Hkv, D] with H % Hkv == 0; cu_seqlens_q/k both [B + 1];
+    kv_num_blocks [B', H', Mq] and kv_indices [B', H', Mq, Mk] given together (or neither),
+    broadcasting to B and H, with Mq >= ceil(max_seqlen_q / bq). Head-dim limits are the
+    backend's own.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be packed [total, H, D], got shape {tuple(t.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q has {q.shape[1]} heads, k/v have {k.shape[1]}: need a multiple")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1:
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must both be [B + 1], got {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
+        )
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    if (kv_num_blocks is None) != (kv_indices is None):
+        raise ValueError("give both kv_num_blocks and kv_indices, or neither (dense)")
+    if kv_num_blocks is not None:
+        batch = cu_seqlens_q.shape[0] - 1
+        mq = -(-max_seqlen_q // bq)
+        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
+            raise ValueError(
+                f"kv_num_blocks must be [B', H', Mq] and kv_indices [B', H', Mq, Mk], got "
+                f"{tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
+            )
+        if kv_num_blocks.shape[0] not in (1, batch) or kv_num_blocks.shape[1] not in (1, q.shape[1]):
+            raise ValueError(f"kv_num_blocks {tuple(kv_num_blocks.shape)} does not broadcast to B={batch}, H={q.shape[1]}")
+        if kv_num_blocks.shape[2] < mq:
+            raise ValueError(
+                f"kv_num_blocks has {kv_num_blocks.shape[2]} query blocks but max_seqlen_q={max_seqlen_q} "
+                f"with block {bq} needs {mq}"
+            )
+    return int(bq), int(bk)
 
 
 def resolve_scale(q: torch.Tensor, scale: float | None) -> float:

@@ -6,7 +6,7 @@ import torch
 
 from ..masks.block_mask import BlockMask
 from ..relpos import RelPos
-from .base import Backend, expand_kv, token_mask_for
+from .base import Backend, expand_kv, resolve_scale, token_mask_for
 
 __all__ = ["ReferenceBackend", "reference_attention"]
 
@@ -29,7 +29,7 @@ def reference_attention(
     tables when given, so the oracle is free of low-precision rounding.
     """
     heads = q.shape[1]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = resolve_scale(q, scale)
     qd = q.to(compute_dtype)
     kd = expand_kv(k, heads).to(compute_dtype)
     vd = expand_kv(v, heads).to(compute_dtype)

@@ -15,7 +15,17 @@ from typing import Optional
 
 import torch
 
-from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, AttentionCall, Backend, empty_outputs, empty_varlen_outputs, mask_kernel_args
+from ..base import (
+    LAYOUT_SEQUENCE,
+    LAYOUT_TILES,
+    AttentionCall,
+    Backend,
+    check_varlen_args,
+    empty_outputs,
+    empty_varlen_outputs,
+    mask_kernel_args,
+    resolve_scale,
+)
 
 __all__ = [
     "CudaBackend",
@@ -96,6 +106,11 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the op
+def _no_keys(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The result when no query can read a key: output 0, LSE -inf (the kernel is not launched)."""
+    return out.zero_(), lse.fill_(float("-inf"))
+
+
 @torch.library.custom_op("samsparse::cuda_attention", mutates_args=())
 def _cuda_attention_op(
     q: torch.Tensor,
@@ -121,9 +136,7 @@ def _cuda_attention_op(
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     if nk == 0 or q.shape[3] == 0:
-        out.zero_()
-        lse.fill_(float("-inf"))
-        return out, lse
+        return _no_keys(out, lse)
     from . import build
 
     build.require()
@@ -166,7 +179,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_
 
     The caller validates shapes (``samsparse.backends.base.check_inputs``).
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = resolve_scale(q, scale)
     m = mask_kernel_args(mask, q.device)
     rel_h = rel_w = None
     kg = (0, 0)
@@ -203,9 +216,7 @@ def _cuda_varlen_op(
     if total_q == 0 or batch <= 0:
         return out, lse
     if k.shape[0] == 0:
-        out.zero_()
-        lse.fill_(float("-inf"))
-        return out, lse
+        return _no_keys(out, lse)
     from . import build
 
     build.require()
@@ -268,26 +279,10 @@ def cuda_varlen_attention(
         selection here: :func:`samsparse.compat.sam_block_sparse_attn` handles those by
         calling the backend once per sequence.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be packed [total, H, D], got shape {tuple(t.shape)}")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"q has {q.shape[1]} heads, k/v have {k.shape[1]}: need a multiple")
+    bq, bk = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, kv_num_blocks, kv_indices, block_size)
     if kernel_head_dim(q.shape[2]) == 0:
         raise NotImplementedError(f"head dim {q.shape[2]} is not supported by the CUDA kernel (multiple of 8, <= 256)")
-    if (kv_num_blocks is None) != (kv_indices is None):
-        raise ValueError("give both kv_num_blocks and kv_indices, or neither (dense)")
-    bq, bk = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
-    if kv_num_blocks is not None:
-        batch = cu_seqlens_q.shape[0] - 1
-        mq = math.ceil(max_seqlen_q / bq)
-        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
-            raise ValueError("kv_num_blocks must be [B', H', Mq] and kv_indices [B', H', Mq, Mk]")
-        if kv_num_blocks.shape[0] not in (1, batch) or kv_num_blocks.shape[1] not in (1, q.shape[1]):
-            raise ValueError(f"kv_num_blocks {tuple(kv_num_blocks.shape)} does not broadcast to B={batch}, H={q.shape[1]}")
-        if kv_num_blocks.shape[2] < mq:
-            raise ValueError(f"kv_num_blocks has {kv_num_blocks.shape[2]} query blocks; max_seqlen_q needs {mq}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = resolve_scale(q, scale)
     if not scale > 0:
         raise ValueError(f"the CUDA kernel needs a positive scale, got {scale}")
     out, lse = torch.ops.samsparse.cuda_varlen_attention(

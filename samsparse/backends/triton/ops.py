@@ -25,7 +25,15 @@ import torch
 
 from . import configs as _cfg
 from .configs import TileConfig, head_dim_split, next_pow2
-from ..base import LAYOUT_SEQUENCE, LAYOUT_TILES, empty_outputs, empty_varlen_outputs, mask_kernel_args
+from ..base import (
+    LAYOUT_SEQUENCE,
+    LAYOUT_TILES,
+    check_varlen_args,
+    empty_outputs,
+    empty_varlen_outputs,
+    mask_kernel_args,
+    resolve_scale,
+)
 
 __all__ = ["attention", "triton_varlen_attention", "relpos_terms", "LAYOUT_SEQUENCE", "LAYOUT_TILES"]
 
@@ -594,7 +602,7 @@ def attention(
 
     The caller validates shapes (see ``samsparse.backends.base.check_inputs``).
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = resolve_scale(q, scale)
     m = mask_kernel_args(mask, q.device)
     rel_h = rel_w = rh = rw = None
     qg, kg = (0, 0), (0, 0)
@@ -720,36 +728,10 @@ def triton_varlen_attention(
         out [total_q, H, D] in q's dtype (and the LSE with ``return_lse``). Queries
         whose block reads no key get output 0 and LSE -inf.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be packed [total, H, D], got shape {tuple(t.shape)}")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"q has {q.shape[1]} heads, k/v have {k.shape[1]}: need a multiple")
+    bq, bk = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, kv_num_blocks, kv_indices, block_size)
     if q.shape[2] > MAX_HEAD_DIM:
         raise NotImplementedError(f"head dim {q.shape[2]} > {MAX_HEAD_DIM} is not supported by the Triton kernel")
-    if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1:
-        raise ValueError(
-            f"cu_seqlens_q and cu_seqlens_k must both be [B + 1], got {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
-        )
-    bq, bk = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
-    if (kv_num_blocks is None) != (kv_indices is None):
-        raise ValueError("give both kv_num_blocks and kv_indices, or neither (dense)")
-    if kv_num_blocks is not None:
-        batch = cu_seqlens_q.shape[0] - 1
-        mq = math.ceil(max_seqlen_q / bq)
-        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
-            raise ValueError(
-                f"kv_num_blocks must be [B', H', Mq] and kv_indices [B', H', Mq, Mk], got "
-                f"{tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
-            )
-        if kv_num_blocks.shape[0] not in (1, batch) or kv_num_blocks.shape[1] not in (1, q.shape[1]):
-            raise ValueError(f"kv_num_blocks {tuple(kv_num_blocks.shape)} does not broadcast to B={batch}, H={q.shape[1]}")
-        if kv_num_blocks.shape[2] < mq:
-            raise ValueError(
-                f"kv_num_blocks has {kv_num_blocks.shape[2]} query blocks but max_seqlen_q={max_seqlen_q} "
-                f"with block {bq} needs {mq}"
-            )
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = resolve_scale(q, scale)
     c = config or TileConfig(0, 0, 0, 0)
     fn = torch.ops.samsparse.triton_varlen_attention if _tracing() else _varlen_impl
     out, lse = fn(
