@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .attention import MaskSource, SparseAttention
+from .fast import encoder_of, optimize
 from .patch import patch
 
 __all__ = ["EncoderResult", "build_encoder", "bench_encoder", "quick_table", "time_fn", "ENCODER_CONFIGS", "markdown_table"]
@@ -116,6 +117,17 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeat
     return times[len(times) // 2], times[min(len(times) - 1, int(math.ceil(0.9 * len(times))) - 1)]
 
 
+def patch_global_recipe(model: nn.Module, recipe: str, backend: str = "auto") -> nn.Module:
+    """Patch every block of a SAM model or encoder: ``recipe`` on the global blocks, the
+    windowed blocks dense (on the same fast kernel). Returns ``model``."""
+    patch(model, mask=recipe, backend=backend, blocks="all")
+    dense = MaskSource(None)
+    for blk in encoder_of(model).blocks:
+        if blk.window_size > 0:
+            blk.attn.mask_source = dense
+    return model
+
+
 def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The encoder for one table row.
 
@@ -136,8 +148,6 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
             if variant.startswith("original"):
                 model.forward = torch.compile(model.forward, dynamic=False, mode=None if mode == "default" else mode)
             else:
-                from .fast import optimize
-
                 optimize(model, dtype=None, compile=mode, compile_scope=scope)
             return model
     model = copy.deepcopy(base)
@@ -152,12 +162,7 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
         if recipe.endswith("@all"):
             patch(model, mask=recipe[: -len("@all")], backend="auto", blocks="all")
         else:
-            # the recipe on the global blocks; windowed blocks patched too (fast kernel) but dense
-            patch(model, mask=recipe, backend="auto", blocks="all")
-            dense = MaskSource(None)
-            for blk in model.blocks:
-                if blk.window_size > 0:
-                    blk.attn.mask_source = dense
+            patch_global_recipe(model, recipe)
     else:
         raise ValueError(f"unknown variant {variant!r}")
     return model.to(device=device, dtype=dtype).eval()

@@ -54,14 +54,11 @@ def main(argv=None) -> int:
     from segment_anything import sam_model_registry
 
     import samsparse
-    from samsparse.patch import MaskSource
+    from samsparse.benchmark import patch_global_recipe
 
     sam = sam_model_registry[args.model]().cuda().eval()
     if args.recipe:
-        samsparse.patch(sam, mask=args.recipe, blocks="all")
-        for blk in sam.image_encoder.blocks:
-            if blk.window_size > 0:
-                blk.attn.mask_source = MaskSource(None)
+        patch_global_recipe(sam, args.recipe)
     compile_mode = None if args.compile == "none" else args.compile
     samsparse.optimize(sam, dtype=torch.bfloat16, compile=compile_mode, example_batch=args.batch,
                        compile_scope=args.scope)

@@ -163,3 +163,17 @@ def test_optimize_checks_its_arguments(tiny):
     with pytest.raises(ValueError, match="example_batch"):
         optimize(model, dtype=None, backend="sdpa", example_batch=0)
     assert next(model.parameters()).dtype == torch.float32  # nothing touched before the checks
+
+
+def test_patch_global_recipe_sparse_global_blocks_dense_windows(tiny):
+    from samsparse.benchmark import patch_global_recipe
+
+    model = patch_global_recipe(copy.deepcopy(tiny), "local:radius=1", backend="sdpa")
+    blocks = model.image_encoder.blocks
+    assert samsparse.patch_config(model).blocks == list(range(len(blocks)))
+    for blk in blocks:
+        recipe = blk.attn.mask_source.recipe
+        if blk.window_size > 0:
+            assert recipe is None or recipe.is_dense, "windowed blocks stay dense"
+        else:
+            assert recipe is not None and not recipe.is_dense
