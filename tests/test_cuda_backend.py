@@ -263,6 +263,18 @@ def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None):
             return rgw == w and (dense or bk % w == 0) and nk == rgh * rgw
         return tw == w and rgh == tgh and rgw == tgw
 
+    def block_token(blk, n_in, bsz, n_tokens):
+        """Token of position n_in of mask block blk (-1 when padding), as the kernel's block_token()."""
+        if n_in >= bsz:
+            return -1
+        if layout == 0:
+            tok = blk * bsz + n_in
+            return tok if tok < n_tokens else -1
+        tr, tc = divmod(blk, ntw)
+        r, c = divmod(n_in, tw)
+        row, col = tr * th + r, tc * tw + c
+        return row * tgw + col if row < tgh and col < tgw else -1
+
     if rel_h is None:
         mode = 0
     else:
@@ -285,19 +297,7 @@ def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None):
                 qb, qs = divmod(qt, split_m)
                 if layout == 0 and qb * bq + qs * bm >= nq:
                     continue
-                qtok = []
-                for m in range(bm):
-                    n_in, tok = qs * bm + m, -1
-                    if n_in < bq:
-                        if layout == 0:
-                            tok = qb * bq + n_in if qb * bq + n_in < nq else -1
-                        else:
-                            tr, tc = divmod(qb, ntw)
-                            r, c = divmod(n_in, tw)
-                            row, col = tr * th + r, tc * tw + c
-                            tok = row * tgw + col if row < tgh and col < tgw else -1
-                    qtok.append(tok)
-                qtok = torch.tensor(qtok)
+                qtok = torch.tensor([block_token(qb, qs * bm + m, bq, nq) for m in range(bm)])
                 qv = qtok >= 0
                 Q = torch.zeros(bm, d, dtype=torch.float64)
                 Q[qv] = qd[bb, hh, qtok[qv]]
@@ -317,19 +317,7 @@ def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None):
                 for t in range(n_steps):
                     j = t if dense else int(kv_idx[kb, kh, qb, t // sub_n])
                     sub = t % sub_n
-                    toks = []
-                    for n in range(bn):
-                        n_in, tok = sub * bn + n, -1
-                        if n_in < bk:
-                            if layout == 0:
-                                tok = j * bk + n_in if j * bk + n_in < nk else -1
-                            else:
-                                tr, tc = divmod(j, ntw)
-                                r, c = divmod(n_in, tw)
-                                row, col = tr * th + r, tc * tw + c
-                                tok = row * tgw + col if row < tgh and col < tgw else -1
-                        toks.append(tok)
-                    toks = torch.tensor(toks)
+                    toks = torch.tensor([block_token(j, sub * bn + n, bk, nk) for n in range(bn)])
                     kvv = toks >= 0
                     K = torch.zeros(bn, d, dtype=torch.float64)
                     V = torch.zeros(bn, d, dtype=torch.float64)
