@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -22,7 +23,10 @@ from .attention import MaskSource, SparseAttention
 from .fast import encoder_of, optimize
 from .patch import patch
 
-__all__ = ["EncoderResult", "build_encoder", "bench_encoder", "quick_table", "time_fn", "ENCODER_CONFIGS", "markdown_table"]
+__all__ = [
+    "EncoderResult", "build_encoder", "bench_encoder", "interleaved_ratios", "quick_table", "time_fn", "ENCODER_CONFIGS",
+    "markdown_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +253,75 @@ def bench_encoder(
             for res in results[-len(variants):]:
                 res.speedup = res.images_per_s / row_base.images_per_s
     return results
+
+
+def interleaved_ratios(
+    model_type: str,
+    variants: Sequence[str],
+    batch: int = 8,
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: torch.device | str | None = None,
+    rounds: int = 7,
+    repeat: int = 10,
+    img_size: int = 1024,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Median time of each variant, measured in interleaved rounds, and each one's ratio to the first.
+
+    All variants are built (and compiled) first and kept alive; then every round times
+    each of them in turn (``repeat`` calls, median), so clock and thermal drift during
+    the run falls on all of them alike instead of on whichever ran last. The ratio of a
+    variant is ``median over rounds of (first variant's ms / its ms)`` in the same round.
+
+    Returns ``{"variants": {name: {"ms": [per round], "ms_median": .., "ratio_median": ..,
+    "ratios": [per round], "rel_dev": .., "first_call_s": ..}}, "rounds": rounds, ...}``.
+    """
+    if rounds < 1 or repeat < 1:
+        raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
+    if not variants:
+        raise ValueError("give at least one variant (the first is the baseline of the ratios)")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    base = build_encoder(model_type, img_size=img_size)
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        ref_model = copy.deepcopy(base).to(device=device, dtype=torch.float32)
+        ref = ref_model(x.to(device)).float()
+        del ref_model
+    xin = x.to(device, dtype)
+    models, info = {}, {}
+    for variant in variants:
+        if progress:
+            progress(f"build {model_type} B={batch} {variant}")
+        model = _variant_model(base, variant, device, dtype)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model(xin)
+            _sync(device)
+            first = time.perf_counter() - t0
+            diff = out.float() - ref
+        models[variant] = model
+        info[variant] = {"first_call_s": first, "rel_dev": float(diff.norm() / ref.norm()), "max_dev": float(diff.abs().max()),
+                         "ms": [], "ratios": []}
+    for r in range(rounds):
+        if progress:
+            progress(f"round {r + 1}/{rounds}")
+        with torch.no_grad():
+            for variant, model in models.items():
+                ms, _ = time_fn(lambda: model(xin), device, warmup=2, repeat=repeat)
+                info[variant]["ms"].append(ms)
+        first_ms = info[variants[0]]["ms"][-1]
+        for variant in variants:
+            info[variant]["ratios"].append(first_ms / info[variant]["ms"][-1])
+    for entry in info.values():
+        entry["ms_median"] = statistics.median(entry["ms"])
+        entry["ratio_median"] = statistics.median(entry["ratios"])
+    return {"model": model_type, "batch": batch, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
+            "repeat": repeat, "device": _device_label(device), "variants": info}
+
+
+def _device_label(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def markdown_table(results: Sequence[EncoderResult]) -> str:

@@ -18,3 +18,20 @@ def test_bench_encoder_rows_and_ratios():
     assert "unknown variant" in by["bogus"].error
     table = markdown_table(rows)
     assert table.count("\n") == len(rows) + 1 and "failed" in table
+
+
+def test_interleaved_ratios_rounds_and_baseline():
+    import pytest
+
+    from samsparse.benchmark import interleaved_ratios
+
+    res = interleaved_ratios("tiny", ["dense", "original"], batch=1, dtype="fp32", device="cpu", rounds=3, repeat=1,
+                             img_size=64)
+    dense, orig = res["variants"]["dense"], res["variants"]["original"]
+    assert len(dense["ms"]) == len(orig["ms"]) == 3
+    assert dense["ratios"] == [1.0, 1.0, 1.0]  # the first variant is the baseline of every round
+    for i in range(3):
+        assert math.isclose(orig["ratios"][i], dense["ms"][i] / orig["ms"][i])
+    assert orig["rel_dev"] < 1e-5 and dense["rel_dev"] < 1e-4  # fp32: the patched dense encoder is exact
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_ratios("tiny", ["dense"], rounds=0, device="cpu", img_size=64)
