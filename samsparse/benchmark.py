@@ -172,6 +172,18 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     return model.to(device=device, dtype=dtype).eval()
 
 
+def _first_call(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(seconds of the first ``model(x)``, its float32 difference from ``ref``).
+
+    The difference is taken at once: a CUDA-graph replay may reuse the output's memory later.
+    """
+    t0 = time.perf_counter()
+    out = model(x)
+    _sync(device)
+    first = time.perf_counter() - t0
+    return first, out.float() - ref
+
+
 def _backends_used(model: nn.Module) -> str:
     names = sorted({b.name for m in model.modules() if isinstance(m, SparseAttention) for b in m._chosen.values()})
     return ",".join(names)
@@ -228,13 +240,7 @@ def bench_encoder(
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
                 with torch.no_grad():
-                    t0 = time.perf_counter()
-                    out = model(xin)
-                    _sync(device)
-                    first = time.perf_counter() - t0
-                    # deviation now: a CUDA-graph replay may reuse the output's memory later
-                    diff = out.float() - ref
-                    del out
+                    first, diff = _first_call(model, xin, ref, device)
                     ms, p90 = time_fn(lambda: model(xin), device, warmup, repeat)
                 peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
                 res = EncoderResult(
@@ -295,11 +301,7 @@ def interleaved_ratios(
             progress(f"build {model_type} B={batch} {variant}")
         model = _variant_model(base, variant, device, dtype)
         with torch.no_grad():
-            t0 = time.perf_counter()
-            out = model(xin)
-            _sync(device)
-            first = time.perf_counter() - t0
-            diff = out.float() - ref
+            first, diff = _first_call(model, xin, ref, device)
         models[variant] = model
         info[variant] = {"first_call_s": first, "rel_dev": float(diff.norm() / ref.norm()), "max_dev": float(diff.abs().max()),
                          "ms": [], "ratios": []}
