@@ -22,6 +22,7 @@ from torch import nn
 from .attention import MaskSource, SparseAttention
 from .fast import encoder_of, optimize
 from .patch import patch
+from .tanh_gelu import use_tanh_gelu
 
 __all__ = [
     "EncoderResult", "build_encoder", "bench_encoder", "interleaved_ratios", "quick_table", "time_fn", "ENCODER_CONFIGS",
@@ -139,7 +140,8 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     '+compile' (``optimize(compile="default")``; for 'original', torch.compile of the
     whole encoder) or '+graphs' (mode "reduce-overhead": CUDA graphs); '-encoder' after
     either ('+compile-encoder') compiles the patched encoder as one graph instead of
-    block by block.
+    block by block. '+tanhgelu' before those (e.g. 'dense+tanhgelu+compile') swaps the
+    MLPs for the approximate fused-GELU ones (``optimize(gelu="tanh")``).
     """
     for suffix, mode, scope in (
         ("+compile-encoder", "default", "encoder"),
@@ -154,6 +156,10 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
             else:
                 optimize(model, dtype=None, compile=mode, compile_scope=scope)
             return model
+    if variant.endswith("+tanhgelu"):
+        model = _variant_model(base, variant[: -len("+tanhgelu")], device, dtype)
+        use_tanh_gelu(encoder_of(model))
+        return model
     model = copy.deepcopy(base)
     if variant == "original":
         pass

@@ -27,10 +27,12 @@ from torch import nn
 
 from .patch import is_patched, patch
 from .patch_embed import use_matmul_patch_embed
+from .tanh_gelu import restore_exact_gelu, use_tanh_gelu
 
-__all__ = ["optimize", "encoder_of", "COMPILE_MODES", "COMPILE_SCOPES"]
+__all__ = ["optimize", "encoder_of", "COMPILE_MODES", "COMPILE_SCOPES", "GELU_MODES"]
 
 COMPILE_SCOPES = ("blocks", "encoder")
+GELU_MODES = ("exact", "tanh")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
@@ -103,6 +105,7 @@ def optimize(
     example_batch: int = 1,
     compile_backend: str | object = "inductor",
     compile_scope: str = "blocks",
+    gelu: str | None = None,
 ) -> nn.Module:
     """Make ``model``'s image encoder fast, in place; returns ``model``.
 
@@ -118,6 +121,10 @@ def optimize(
         compile_scope: "blocks" (each block compiled on its own: one graph per block
             kind, short cold compile) or "encoder" (the whole forward as one graph).
             The CUDA-graph modes ("reduce-overhead", "max-autotune") always use "encoder".
+        gelu: None (leave the MLPs as they are), "exact" (SAM's erf GELU; undoes "tanh"), or
+            "tanh": the tanh-approximated GELU fused into each MLP's first GEMM
+            (:mod:`samsparse.tanh_gelu`). Faster on CUDA, but not SAM's function: opt-in only,
+            and dense mode is then no longer exact.
     """
     if compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
@@ -127,10 +134,17 @@ def optimize(
         raise TypeError(f"dtype must be None (keep) or one of {', '.join(map(str, _DTYPES))}, got {dtype!r}")
     if not isinstance(example_batch, int) or example_batch < 1:
         raise ValueError(f"example_batch must be a positive int, got {example_batch!r}")
+    if gelu is not None and gelu not in GELU_MODES:
+        raise ValueError(f"gelu must be None (keep), or one of {GELU_MODES}, got {gelu!r}")
     enc = encoder_of(model)
     _restore_forwards(enc)  # optimize again (another dtype, mode or scope) starts from the eager encoder
     if not is_patched(model):
         patch(model, mask=mask, backend=backend, blocks=blocks)
+    if gelu == "tanh":
+        if use_tanh_gelu(enc) == 0:
+            log.warning("gelu='tanh': no MLP with an exact GELU between two linear layers was found")
+    elif gelu == "exact":
+        restore_exact_gelu(enc)
     param = next(enc.parameters())
     device = param.device
     patch_embed = getattr(enc, "patch_embed", None)
