@@ -199,7 +199,15 @@ class SparseAttention(nn.Module):
         the mask's content, so the choice (and the input check that came with it) is
         cached per such key: later calls go straight to the kernel.
         """
-        key = (q.shape, k.shape, q.stride(), k.stride(), q.dtype, q.device, None if mask is None else mask.layout)
+        # the batch size is left out (no backend's support depends on it), so the choice made by a
+        # warm-up call at one batch size holds at every other: a compiled call at a new batch size
+        # then traces the cached path and not registry.select (a graph break, then a recompile).
+        # A mask with its own batch dim (not broadcast) keeps the batch in the key: its check depends on it.
+        mask_batch = None if mask is None else (mask.shape[0] if len(mask.shape) == 4 else 1)
+        key = (
+            q.shape[1:], k.shape[1:], q.stride(), k.stride(), q.dtype, q.device,
+            None if mask is None else mask.layout, mask_batch if mask_batch == 1 or mask is None else (mask_batch, q.shape[0]),
+        )
         chosen = self._chosen.get(key)
         if chosen is not None:
             return chosen, True

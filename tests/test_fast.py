@@ -177,3 +177,25 @@ def test_patch_global_recipe_sparse_global_blocks_dense_windows(tiny):
             assert recipe is None or recipe.is_dense, "windowed blocks stay dense"
         else:
             assert recipe is not None and not recipe.is_dense
+
+
+def test_compiled_call_at_a_new_batch_size_does_not_recompile_later():
+    """The warm-up (B=1) fills the backend cache for every batch size: a compiled call at B=2 traces the
+    cached path, so the next B=2 call compiles nothing more (a miss would trace registry.select, break the
+    graph, and recompile on the following call)."""
+    from samsparse.benchmark import build_encoder
+
+    enc = build_encoder("tiny", img_size=64).eval()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    samsparse.optimize(enc, dtype=None, compile="default", compile_backend=counting_backend, backend="sdpa",
+                       example_batch=1)
+    with torch.no_grad():
+        enc(torch.randn(2, 3, 64, 64))
+        first = len(graphs)
+        enc(torch.randn(2, 3, 64, 64))
+    assert first > 0 and len(graphs) == first, f"second B=2 call compiled {len(graphs) - first} more graphs"
