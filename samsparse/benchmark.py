@@ -292,6 +292,15 @@ def interleaved_ratios(
         raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
     if not variants:
         raise ValueError("give at least one variant (the first is the baseline of the ratios)")
+    # every compiled variant adds graphs to the same block forwards' code: past dynamo's recompile
+    # limit (8) the later variants would silently run eagerly, so the limit grows with the variants
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    with config.patch(**{name: max(getattr(config, name), 8 * len(variants))}):
+        return _interleaved_ratios(model_type, variants, batch, dtype, device, rounds, repeat, img_size, progress)
+
+
+def _interleaved_ratios(model_type, variants, batch, dtype, device, rounds, repeat, img_size, progress) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     base = build_encoder(model_type, img_size=img_size)
