@@ -16,6 +16,9 @@ blocks another (same code, parameters passed as inputs), so Inductor lowers two
 block graphs instead of one 12-32 block graph: the cold first call is much shorter,
 at the cost of one residual-add fusion per block boundary. ``"encoder"`` compiles
 the whole encoder forward as one graph.
+
+``gelu="tanh"`` is an opt-in approximation (:mod:`samsparse.tanh_gelu`): the MLPs' first
+GEMM applies the tanh GELU in its epilogue. It is never the default; dense mode is exact.
 """
 
 from __future__ import annotations
