@@ -359,13 +359,19 @@ def markdown_table(results: Sequence[EncoderResult]) -> str:
 _COMPILE_SUFFIX = {"default": "+compile", "reduce-overhead": "+graphs"}
 
 
-def quick_variants(recipes: Sequence[str], compile: str | None = None) -> list[str]:
+def quick_variants(recipes: Sequence[str], compile: str | None = None, gelu: str = "exact") -> list[str]:
     """The variants of :func:`quick_table`: original and SDPA, then each recipe ("dense" or a
-    mask recipe for the global blocks); with ``compile`` ("default" or "reduce-overhead"), the
-    original and every recipe once more through ``torch.compile`` / ``samsparse.optimize``."""
+    mask recipe for the global blocks); with ``gelu="tanh"`` each recipe once more with the
+    approximate fused-GELU MLPs (``optimize(gelu="tanh")``); with ``compile`` ("default" or
+    "reduce-overhead"), the original and every recipe row once more through ``torch.compile`` /
+    ``samsparse.optimize``."""
     if compile is not None and compile not in _COMPILE_SUFFIX:
         raise ValueError(f"compile must be one of {sorted(_COMPILE_SUFFIX)} or None, got {compile!r}")
+    if gelu not in ("exact", "tanh"):
+        raise ValueError(f"gelu must be 'exact' or 'tanh', got {gelu!r}")
     patched = ["dense" if r == "dense" else f"sparse:{r}" for r in recipes]
+    if gelu == "tanh":
+        patched += [p + "+tanhgelu" for p in patched]
     variants = ["original", "sdpa"] + patched
     if compile is not None:
         suffix = _COMPILE_SUFFIX[compile]
@@ -382,18 +388,20 @@ def quick_table(
     checkpoint: str | None = None,
     image_size: int | None = None,
     compile: str | None = None,
+    gelu: str = "exact",
 ) -> list[dict]:
     """A quick table for this device (``samsparse bench``): original vs patched variants.
 
     ``recipes``: "dense" -> the dense patched encoder, anything else -> that recipe on
     the global blocks. ``compile``: also time the original under ``torch.compile`` and each
     recipe through ``samsparse.optimize(compile=...)`` ("default", or "reduce-overhead" for
-    CUDA graphs); the "first call s" column then shows the compile time.
+    CUDA graphs); the "first call s" column then shows the compile time. ``gelu="tanh"`` adds
+    rows with the opt-in approximate GELU (see :func:`quick_variants`).
     On CPU the default image size drops to 256 to stay quick.
     ``checkpoint`` is accepted for symmetry with the CLI; speed does not depend on weights,
     so random weights of the same size are used.
     """
-    variants = quick_variants(recipes, compile)
+    variants = quick_variants(recipes, compile, gelu)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--compile", choices=["default", "reduce-overhead"], default=None,
                     help="also time each variant compiled: samsparse.optimize(compile=...) "
                          "(reduce-overhead: CUDA graphs); the first-call column shows the compile time")
+    be.add_argument("--gelu", choices=["exact", "tanh"], default=None,
+                    help="tanh: also time each recipe with the opt-in approximate GELU (optimize(gelu='tanh'))")
     be.add_argument("-o", "--output", default=None, help="also write the table as CSV")
     be.set_defaults(func=cmd_bench)
 
@@ -850,7 +852,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_model_options(args)
     kwargs = _user_set(args, {"model": "model_type", "checkpoint": "checkpoint", "device": "device", "dtype": "dtype",
                               "batch_sizes": "batch_sizes", "recipes": "recipes", "image_size": "image_size",
-                              "compile": "compile"})
+                              "compile": "compile", "gelu": "gelu"})
     if "batch_sizes" in kwargs:
         kwargs["batch_sizes"] = tuple(kwargs["batch_sizes"])
     if "recipes" in kwargs:

@@ -346,6 +346,10 @@ def test_bench_wiring(monkeypatch, capsys, tmp_path):
     rc, out, err = run_main(capsys, "bench", "--device", "cpu", "--compile", "reduce-overhead")
     assert rc == 0, err
     assert seen == {"device": "cpu", "compile": "reduce-overhead"}
+    seen.clear()
+    rc, out, err = run_main(capsys, "bench", "--device", "cpu", "--gelu", "tanh")
+    assert rc == 0, err
+    assert seen == {"device": "cpu", "gelu": "tanh"}
     rc, out, err = run_main(capsys, "bench", "--compile", "max")
     assert rc == 2 and "--compile" in err
     monkeypatch.setitem(sys.modules, "samsparse.benchmark", None)  # as if the module were missing
@@ -362,6 +366,10 @@ def test_bench_quick_variants():
     assert quick_variants(["dense"], "reduce-overhead")[-2:] == ["original+graphs", "dense+graphs"]
     with pytest.raises(ValueError, match="compile must be one of"):
         quick_variants(["dense"], "max-autotune")
+    assert quick_variants(["dense"], "default", gelu="tanh") == [
+        "original", "sdpa", "dense", "dense+tanhgelu", "original+compile", "dense+compile", "dense+tanhgelu+compile"]
+    with pytest.raises(ValueError, match="gelu must be"):
+        quick_variants(["dense"], gelu="fast")
 
 
 @pytest.mark.slow
