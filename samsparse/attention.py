@@ -203,11 +203,11 @@ class SparseAttention(nn.Module):
         # warm-up call at one batch size holds at every other: a compiled call at a new batch size
         # then traces the cached path and not registry.select (a graph break, then a recompile).
         # A mask with its own batch dim (not broadcast) keeps the batch in the key: its check depends on it.
-        mask_batch = None if mask is None else (mask.shape[0] if len(mask.shape) == 4 else 1)
-        key = (
-            q.shape[1:], k.shape[1:], q.stride(), k.stride(), q.dtype, q.device,
-            None if mask is None else mask.layout, mask_batch if mask_batch == 1 or mask is None else (mask_batch, q.shape[0]),
-        )
+        mask_key = None
+        if mask is not None:
+            per_batch = len(mask.shape) == 4 and mask.shape[0] != 1
+            mask_key = (mask.layout, (mask.shape[0], q.shape[0]) if per_batch else 1)
+        key = (q.shape[1:], k.shape[1:], q.stride(), k.stride(), q.dtype, q.device, mask_key)
         chosen = self._chosen.get(key)
         if chosen is not None:
             return chosen, True

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .attention import MaskSource, SparseAttention
-from .fast import encoder_of, optimize
+from .fast import GELU_MODES, encoder_of, optimize
 from .patch import patch
 from .tanh_gelu import use_tanh_gelu
 
@@ -178,6 +178,24 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     return model.to(device=device, dtype=dtype).eval()
 
 
+def _device_and_dtype(device: torch.device | str | None, dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
+    """The device (default: CUDA if present) and the dtype (a name from ``DTYPES`` or a torch dtype)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device, DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+def _input_and_reference(
+    base: nn.Module, batch: int, img_size: int, device: torch.device, ref_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [batch, 3, S, S] float32 on the CPU, seeded by ``batch``; the original encoder's
+    embedding of them in ``ref_dtype``, as float32 on ``device``)."""
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        ref_model = copy.deepcopy(base).to(device=device, dtype=ref_dtype)
+        ref = ref_model(x.to(device, ref_dtype)).float()
+    return x, ref
+
+
 def _first_call(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
     """(seconds of the first ``model(x)``, its float32 difference from ``ref``).
 
@@ -224,17 +242,12 @@ def bench_encoder(
         One :class:`EncoderResult` per (batch, variant); ``speedup`` is images/s over
         "original" in the same dtype and batch (when "original" is among the variants).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device, dtype = _device_and_dtype(device, dtype)
     dtype_name = str(dtype).replace("torch.", "")
     base = build_encoder(model_type, img_size=img_size)
     results: list[EncoderResult] = []
     for batch in batch_sizes:
-        x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(batch))
-        with torch.no_grad():
-            ref_model = copy.deepcopy(base).to(device=device, dtype=torch.float32 if reference_fp32 else dtype)
-            ref = ref_model(x.to(device, ref_model.patch_embed.proj.weight.dtype)).float()
-            del ref_model
+        x, ref = _input_and_reference(base, batch, img_size, device, torch.float32 if reference_fp32 else dtype)
         xin = x.to(device, dtype)
         row_base = None
         for variant in variants:
@@ -301,14 +314,9 @@ def interleaved_ratios(
 
 
 def _interleaved_ratios(model_type, variants, batch, dtype, device, rounds, repeat, img_size, progress) -> dict:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device, dtype = _device_and_dtype(device, dtype)
     base = build_encoder(model_type, img_size=img_size)
-    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(batch))
-    with torch.no_grad():
-        ref_model = copy.deepcopy(base).to(device=device, dtype=torch.float32)
-        ref = ref_model(x.to(device)).float()
-        del ref_model
+    x, ref = _input_and_reference(base, batch, img_size, device, torch.float32)
     xin = x.to(device, dtype)
     models, info = {}, {}
     for variant in variants:
@@ -367,8 +375,8 @@ def quick_variants(recipes: Sequence[str], compile: str | None = None, gelu: str
     ``samsparse.optimize``."""
     if compile is not None and compile not in _COMPILE_SUFFIX:
         raise ValueError(f"compile must be one of {sorted(_COMPILE_SUFFIX)} or None, got {compile!r}")
-    if gelu not in ("exact", "tanh"):
-        raise ValueError(f"gelu must be 'exact' or 'tanh', got {gelu!r}")
+    if gelu not in GELU_MODES:
+        raise ValueError(f"gelu must be one of {GELU_MODES}, got {gelu!r}")
     patched = ["dense" if r == "dense" else f"sparse:{r}" for r in recipes]
     if gelu == "tanh":
         patched += [p + "+tanhgelu" for p in patched]
