@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from samsparse.backends.triton.kernel import _dot  # noqa: E402
+from samsparse.backends.triton.kernel import INTERPRET, _dot  # noqa: E402
 from samsparse.benchmark import time_fn  # noqa: E402
 
 ACT_NONE = 0
@@ -194,7 +193,7 @@ def _sm_count(index: int) -> int:
 
 def tma_supported(device: torch.device) -> bool:
     """TMA descriptors: CUDA sm90+ with a Triton that has host tensor descriptors."""
-    if device.type != "cuda" or configs_interpreting():
+    if device.type != "cuda" or INTERPRET:
         return False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
@@ -203,14 +202,9 @@ def tma_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def configs_interpreting() -> bool:
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def default_gemm_config(device: torch.device, dtype: torch.dtype) -> GemmConfig:
-    if dtype == torch.float32 or configs_interpreting():
-        return INTERPRET_GEMM if configs_interpreting() else GemmConfig(64, 64, 32, 4, 2)
+    if dtype == torch.float32 or INTERPRET:
+        return INTERPRET_GEMM if INTERPRET else GemmConfig(64, 64, 32, 4, 2)
     if tma_supported(device):
         return GemmConfig(128, 256, 64, 8, 3, tma=True, epi_split=2)
     return GemmConfig(128, 128, 64, 8, 3)
@@ -248,7 +242,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         x_desc = TensorDescriptor.from_tensor(x2, [cfg.block_m, cfg.block_k])
         w_desc = TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k])
         y_desc = TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // cfg.epi_split])
-        tiles = triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n)
+        tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
         programs = min(tiles, _sm_count(x2.device.index if x2.device.index is not None else torch.cuda.current_device()))
         _linear_act_tma[(programs,)](
             x_desc, w_desc, y_desc, b_arg, m, n, k,
@@ -258,20 +252,16 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         return
-    grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n),)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _linear_act_ptr[grid](
         x2, weight, b_arg, out, m, n, k,
         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         HAS_BIAS=has_bias, ACT=act,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=(k % cfg.block_k == 0), IEEE=x2.dtype == torch.float32,
-        UPCAST=configs_interpreting() and x2.dtype == torch.bfloat16,
+        UPCAST=INTERPRET and x2.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def linear_act(
@@ -310,13 +300,11 @@ def linear_act(
     out = torch.empty(x2.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)
     if x2.shape[0] == 0:
         return out.reshape(*lead, weight.shape[0])
-    cfg = config or pick_config(x2, weight, bias, out, _ACTS[act])
+    cfg = config or default_gemm_config(x2.device, x2.dtype)
     launch(x2, weight, bias, out, _ACTS[act], cfg)
     return out.reshape(*lead, weight.shape[0])
 
 
-def pick_config(x2, weight, bias, out, act: int) -> GemmConfig:
-    return default_gemm_config(x2.device, x2.dtype)
 
 
 SHAPES = {

@@ -4,7 +4,7 @@
 
 Shape: B*25 windows of 14x14 tokens (vit_b: H=12, d=64; vit_h: H=16, d=80), q/k/v
 strided views of one qkv projection, rel-pos tables gathered (terms computed in the
-program), bf16. Prints GPU ms per config (CUDA-graph replay, no host overhead) and the max error against the reference backend.
+program), bf16. Prints GPU ms per config (CUDA-graph replay via triton.testing.do_bench_cudagraph, no host overhead) and the max error against the reference backend.
 """
 
 from __future__ import annotations
@@ -15,34 +15,19 @@ import sys
 from pathlib import Path
 
 import torch
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from samsparse.backends.reference import reference_attention  # noqa: E402
 from samsparse.backends.triton import configs as tcfg  # noqa: E402
 from samsparse.backends.triton import ops  # noqa: E402
-from samsparse.benchmark import time_fn  # noqa: E402
 from samsparse.relpos import RelPos  # noqa: E402
 
 CONFIGS = [
     (64, 64, 4, 3), (64, 128, 4, 2), (64, 256, 4, 2), (128, 256, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3),
     (64, 32, 4, 4), (64, 32, 8, 3), (64, 16, 4, 3), (128, 32, 8, 3), (128, 32, 8, 2), (32, 32, 2, 3),
 ]
-
-
-def graph_time(fn, device, replays: int = 20) -> float:
-    """GPU time of one ``fn()`` in ms: 10 calls captured in a CUDA graph, replayed (no host overhead)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn()
-    ms, _ = time_fn(graph.replay, device, warmup=3, repeat=replays)
-    return ms / 10
 
 
 def main() -> None:
@@ -76,7 +61,7 @@ def main() -> None:
             try:
                 out, _ = ops.attention(q, k, v, None, rel, None, config=tc)
                 err = (out.float() - ref).abs().max().item()
-                ms = graph_time(lambda: ops.attention(q, k, v, None, rel, None, config=tc), device)
+                ms = do_bench_cudagraph(lambda: ops.attention(q, k, v, None, rel, None, config=tc), rep=20, return_mode="median")
             except Exception as exc:
                 print(f"vit_{model} {tc}: failed {type(exc).__name__}: {str(exc)[:160]}", flush=True)
                 continue
