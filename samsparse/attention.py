@@ -144,6 +144,7 @@ class SparseAttention(nn.Module):
         object.__setattr__(self, "_original", None)
         self._chosen: dict[tuple, Backend] = {}
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._window_chosen: dict[tuple, Backend | None] = {}
 
     @classmethod
     def from_attention(
@@ -174,6 +175,7 @@ class SparseAttention(nn.Module):
         object.__setattr__(new, "_original", attn)  # kept out of the module tree and the state_dict
         new._chosen = {}
         new._tables = {}
+        new._window_chosen = {}
         new.training = attn.training
         return new
 
@@ -243,6 +245,73 @@ class SparseAttention(nn.Module):
                 self._tables.clear()
             self._tables[key] = (rel_pos.rh, rel_pos.rw)
         return rel_pos
+
+    def _window_backend(self, x: torch.Tensor, window: int) -> Backend | None:
+        """The backend that runs this module's windows in place for input x, or None (partition).
+
+        In place needs: a dense mask, no q/k norm, and a selected backend with a window kernel
+        that accepts the case. Cached per (grid, dtype, device, window), not per batch size.
+        """
+        key = (x.shape[1:], x.dtype, x.device, window)
+        if key in self._window_chosen:
+            return self._window_chosen[key]
+        chosen = None
+        q_norm = getattr(self, "q_norm", None)
+        if self.mask_source.is_dense and (q_norm is None or isinstance(q_norm, nn.Identity)):
+            head_dim = x.shape[-1] // self.num_heads
+            # a window call's shape, to ask the registry which backend would run the windows
+            probe = x.new_empty(1, self.num_heads, window * window, head_dim)
+            rel_pos = self._rel_pos((window, window), x.dtype)
+            try:
+                candidate = registry.select(probe, probe, probe, None, rel_pos, self.scale, backend=self.backend)
+            except ValueError:
+                candidate = None  # the named backend cannot run it: the partition path reports why
+            if candidate is not None:
+                reason = candidate.window_reason(head_dim, x.dtype, window, rel_pos)
+                if reason is None:
+                    chosen = candidate
+                else:
+                    log.debug("windows are partitioned (%s)", reason)
+        if len(self._window_chosen) > 16:
+            self._window_chosen.clear()
+        self._window_chosen[key] = chosen
+        return chosen
+
+    def forward_windowed(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """SAM's windowed attention over the whole grid: x [B, H, W, C] -> [B, H, W, C].
+
+        Same result as SAM's ``window_partition`` -> this module -> ``window_unpartition``.
+        With a backend that has a window kernel (Triton) the qkv projection runs on the
+        unpadded grid and the kernel reads the windows in place (padding tokens' keys and
+        values are the qkv bias, as SAM's projection of a zero token is); otherwise the
+        grid is partitioned as SAM does. Forward hooks of this module do not run here.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"forward_windowed expects [B, H, W, C] input, got {tuple(x.shape)}")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        backend = self._window_backend(x, window)
+        if backend is None:
+            from .windows import window_partition, window_unpartition
+
+            parts, padded = window_partition(x, window)
+            return window_unpartition(self(parts), window, padded, (x.shape[1], x.shape[2]))
+        b, gh, gw, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, gh * gw, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.qkv.bias
+        if bias is None:
+            k_fill = v_fill = x.new_zeros(self.num_heads, c // self.num_heads)
+        else:
+            # under autocast the projection adds the bias in q's dtype: a zero token gives exactly that
+            k_fill = bias[c : 2 * c].view(self.num_heads, -1).to(q.dtype)
+            v_fill = bias[2 * c :].view(self.num_heads, -1).to(q.dtype)
+        rel_pos = self._rel_pos((window, window), q.dtype)
+        out = backend.attend_windows(q, k, v, k_fill, v_fill, rel_pos, self.scale, (gh, gw), window)
+        out = self.proj(out.transpose(1, 2).reshape(b, gh, gw, -1))
+        proj_drop = getattr(self, "proj_drop", None)
+        if proj_drop is not None:
+            out = proj_drop(out)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""

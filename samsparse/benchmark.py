@@ -23,6 +23,7 @@ from .attention import MaskSource, SparseAttention
 from .fast import GELU_MODES, encoder_of, optimize
 from .patch import patch
 from .tanh_gelu import use_tanh_gelu
+from .windows import WindowsInPlaceBlock, use_windows_in_place, use_windows_partitioned
 
 __all__ = [
     "EncoderResult", "build_encoder", "bench_encoder", "interleaved_ratios", "quick_table", "time_fn", "ENCODER_CONFIGS",
@@ -141,7 +142,9 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
     whole encoder) or '+graphs' (mode "reduce-overhead": CUDA graphs); '-encoder' after
     either ('+compile-encoder') compiles the patched encoder as one graph instead of
     block by block. '+tanhgelu' before those (e.g. 'dense+tanhgelu+compile') swaps the
-    MLPs for the approximate fused-GELU ones (``optimize(gelu="tanh")``).
+    MLPs for the approximate fused-GELU ones (``optimize(gelu="tanh")``). Patched variants
+    read SAM's windows in place, as ``optimize`` makes them; '+partition' before the compile
+    suffix (e.g. 'dense+partition+compile') keeps SAM's window partition instead.
     """
     for suffix, mode, scope in (
         ("+compile-encoder", "default", "encoder"),
@@ -154,11 +157,17 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
             if variant.startswith("original"):
                 model.forward = torch.compile(model.forward, dynamic=False, mode=None if mode == "default" else mode)
             else:
-                optimize(model, dtype=None, compile=mode, compile_scope=scope)
+                in_place = any(type(m) is WindowsInPlaceBlock for m in model.modules())
+                optimize(model, dtype=None, compile=mode, compile_scope=scope,
+                         windows="in_place" if in_place else "partition")
             return model
     if variant.endswith("+tanhgelu"):
         model = _variant_model(base, variant[: -len("+tanhgelu")], device, dtype)
         use_tanh_gelu(encoder_of(model))
+        return model
+    if variant.endswith("+partition"):
+        model = _variant_model(base, variant[: -len("+partition")], device, dtype)
+        use_windows_partitioned(model)
         return model
     model = copy.deepcopy(base)
     if variant == "original":
@@ -175,6 +184,8 @@ def _variant_model(base: nn.Module, variant: str, device: torch.device, dtype: t
             patch_global_recipe(model, recipe)
     else:
         raise ValueError(f"unknown variant {variant!r}")
+    if variant != "original":
+        use_windows_in_place(model)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -31,8 +31,9 @@ from torch import nn
 from .patch import is_patched, patch
 from .patch_embed import use_matmul_patch_embed
 from .tanh_gelu import restore_exact_gelu, use_tanh_gelu
+from .windows import WINDOW_MODES, use_windows_in_place, use_windows_partitioned
 
-__all__ = ["optimize", "encoder_of", "COMPILE_MODES", "COMPILE_SCOPES", "GELU_MODES"]
+__all__ = ["optimize", "encoder_of", "COMPILE_MODES", "COMPILE_SCOPES", "GELU_MODES", "WINDOW_MODES"]
 
 COMPILE_SCOPES = ("blocks", "encoder")
 GELU_MODES = ("exact", "tanh")
@@ -109,6 +110,7 @@ def optimize(
     compile_backend: str | object = "inductor",
     compile_scope: str = "blocks",
     gelu: str | None = None,
+    windows: str = "in_place",
 ) -> nn.Module:
     """Make ``model``'s image encoder fast, in place; returns ``model``.
 
@@ -128,6 +130,10 @@ def optimize(
             "tanh": the tanh-approximated GELU fused into each MLP's first GEMM
             (:mod:`samsparse.tanh_gelu`). Faster on CUDA, but not SAM's function: opt-in only,
             and dense mode is then no longer exact.
+        windows: "in_place" (default): segment_anything's windowed blocks run attention on the
+            unpadded grid and the kernel reads each window in place (no partition copies, no
+            projections of padding tokens; same function, :mod:`samsparse.windows`), where the
+            backend has a window kernel (Triton); "partition": SAM's own partition path.
     """
     if compile_scope not in COMPILE_SCOPES:
         raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
@@ -137,12 +143,18 @@ def optimize(
         raise TypeError(f"dtype must be None (keep) or one of {', '.join(map(str, _DTYPES))}, got {dtype!r}")
     if not isinstance(example_batch, int) or example_batch < 1:
         raise ValueError(f"example_batch must be a positive int, got {example_batch!r}")
+    if windows not in WINDOW_MODES:
+        raise ValueError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
     if gelu is not None and gelu not in GELU_MODES:
         raise ValueError(f"gelu must be None (keep), or one of {GELU_MODES}, got {gelu!r}")
     enc = encoder_of(model)
     _restore_forwards(enc)  # optimize again (another dtype, mode or scope) starts from the eager encoder
     if not is_patched(model):
         patch(model, mask=mask, backend=backend, blocks=blocks)
+    if windows == "in_place":
+        use_windows_in_place(enc)
+    else:
+        use_windows_partitioned(enc)
     if gelu == "tanh":
         if use_tanh_gelu(enc) == 0:
             log.warning("gelu='tanh': no MLP with an exact GELU between two linear layers was found")

@@ -159,6 +159,9 @@ def patch(
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Restore the original attention modules (current parameters kept), in place."""
+    from .windows import use_windows_partitioned
+
+    use_windows_partitioned(model)  # blocks made to read windows in place by optimize()
     for _, block in find_attention_blocks(model):
         if isinstance(block.attn, SparseAttention):
             block.attn = block.attn.to_original()

@@ -8,7 +8,8 @@
 #   encoder8   vit_b B=8 encoder: original, sdpa, dense, 25% hierarchical (8x16 and 1x64 tiles), eager and compiled
 #   encoder1   vit_b B=1 encoder with CUDA graphs
 #   vith       vit_h B=8 eager and compiled, B=1 eager and CUDA graphs
-#   ratio      vit_b B=8 compiled: dense vs 25% hierarchical (8x16 and 1x64 tiles), interleaved rounds
+#   ratio      vit_b B=8 compiled: dense vs 25% hierarchical (8x16 and 1x64 tiles), dense with SAM's
+#              window partition, and the original eager encoder, interleaved rounds
 #   profile    GPU time per kernel group of the compiled vit_b B=8 encoder, dense and 25%
 #   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
 #   cuda       scripts/check_cuda_gpu.sh build + bench
@@ -49,9 +50,10 @@ for stage in "${STAGES[@]}"; do
           --json "$OUT/vith8.json" --md "$OUT/vith8.md"
       run vith1 200 "$PY" scripts/bench_encoder.py --models vit_h --batch 1 --dtype bf16 --no-fp32 --repeat 10 \
           --recipes --extra-variants dense+graphs --json "$OUT/vith1.json" --md "$OUT/vith1.md" ;;
-    ratio) run ratio 420 "$PY" scripts/bench_sparse_ratio.py --model vit_b --batch 8 --rounds 7 --repeat 10 \
+    ratio) run ratio 480 "$PY" scripts/bench_sparse_ratio.py --model vit_b --batch 8 --rounds 7 --repeat 10 \
         --variants dense+compile "sparse:hierarchical:density=0.25+compile" \
-        "sparse:hierarchical:density=0.25,tile=1x64+compile" --json "$OUT/ratio.json" --md "$OUT/ratio.md" ;;
+        "sparse:hierarchical:density=0.25,tile=1x64+compile" dense+partition+compile original \
+        --json "$OUT/ratio.json" --md "$OUT/ratio.md" ;;
     profile)
       run profile_dense 150 "$PY" scripts/profile_encoder.py --batch 8 --json "$OUT/profile_dense.json"
       run profile_sparse 150 "$PY" scripts/profile_encoder.py --batch 8 --recipe hierarchical:density=0.25 \

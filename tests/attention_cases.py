@@ -18,11 +18,12 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 from samsparse.masks import BlockMask
 from samsparse.relpos import RelPos
 
-__all__ = ["Case", "GPU_CASES", "INTERPRETER_CASES", "check", "make_inputs", "torch_lowp_error"]
+__all__ = ["Case", "GPU_CASES", "INTERPRETER_CASES", "check", "make_inputs", "partitioned_windows", "torch_lowp_error"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -299,3 +300,23 @@ GPU_CASES: list[Case] = _gpu_cases()
 
 def with_dtype(case: Case, dtype: str) -> Case:
     return replace(case, dtype=dtype)
+
+
+def partitioned_windows(q, k, v, k_fill, v_fill, grid, window):
+    """q/k/v [B, H, N, D] of a grid -> the [B * nW, H, window^2, D] windows SAM attends over
+    (padding tokens: query 0, key / value the fill [Hkv, D]); also returns the padded grid."""
+
+    def part(t, fill):
+        b, h, _, d = t.shape
+        x = t.reshape(b, h, grid[0], grid[1], d)
+        ph, pw = -grid[0] % window, -grid[1] % window
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        if fill is not None:
+            real = F.pad(torch.ones(grid, dtype=torch.bool, device=t.device), (0, pw, 0, ph))
+            x = torch.where(real[None, None, :, :, None], x, fill.to(x.dtype)[None, :, None, None, :])
+        hp, wp = grid[0] + ph, grid[1] + pw
+        x = x.reshape(b, h, hp // window, window, wp // window, window, d).permute(0, 2, 4, 1, 3, 5, 6)
+        return x.reshape(-1, h, window * window, d), (hp, wp)
+
+    (qw, padded), (kw, _), (vw, _) = part(q, None), part(k, k_fill), part(v, v_fill)
+    return qw, kw, vw, padded

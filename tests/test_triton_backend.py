@@ -36,7 +36,7 @@ triton_installed = pytest.mark.skipif(
 
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
-    "tables-toeplitz-or-not",
+    "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
 ]
 
 
@@ -190,6 +190,132 @@ def _tables_check() -> dict:
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
 
 
+def _windows_check() -> dict:
+    """The in-place window kernel against the reference on explicitly partitioned windows."""
+    from attention_cases import partitioned_windows
+
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton.configs import TileConfig
+    from samsparse.backends.triton.windows import window_attention
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator().manual_seed(11)
+    problems, worst = [], 0.0
+    # (batch, heads, kv heads, grid, window, head dim, dtype, rel-pos, config)
+    cases = [
+        (2, 2, 2, (9, 11), 4, 16, torch.float32, True, None),  # padding on both sides
+        (1, 2, 2, (8, 8), 4, 16, torch.float32, True, TileConfig(16, 16, 4, 1)),  # no padding, several steps
+        (1, 4, 2, (7, 5), 3, 24, torch.float32, True, TileConfig(16, 16, 4, 1)),  # GQA, head dim 16 + 8
+        (2, 2, 2, (6, 7), 5, 16, torch.float32, False, None),  # no rel-pos
+        (1, 2, 2, (9, 10), 4, 16, torch.bfloat16, True, None),
+        (1, 2, 2, (5, 9), 4, 32, torch.float16, True, TileConfig(32, 16, 4, 1)),
+    ]
+    for b, h, hkv, grid, ws, d, dtype, rel, cfg in cases:
+        n = grid[0] * grid[1]
+        q = torch.randn(b, n, h, d, generator=g).to(dtype).transpose(1, 2)  # strided, like the qkv views
+        kv = torch.randn(b, n, 2, hkv, d, generator=g).to(dtype)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        bias = torch.randn(2, hkv, d, generator=g).to(dtype)
+        rp = None
+        if rel:
+            tables = 0.2 * torch.randn(2, 2 * ws - 1, d, generator=g)
+            rp = RelPos.from_tables(tables[0], tables[1], (ws, ws))
+            rp.rh, rp.rw = rp.rh.to(dtype), rp.rw.to(dtype)
+        out, lse = window_attention(q, k, v, bias[0], bias[1], rp, None, grid, ws, config=cfg)
+        qw, kw, vw, padded = partitioned_windows(q, k, v, bias[0], bias[1], grid, ws)
+        rp64 = None
+        if rp is not None:  # SAM's terms, rounded to the input dtype as its einsum (and the kernel) does
+            rel_h, rel_w = rp.terms(qw)
+            rp64 = RelPos((ws, ws), (ws, ws), rel_h=rel_h.double(), rel_w=rel_w.double())
+        qw, kw, vw = qw.double(), kw.double(), vw.double()
+        ref, ref_lse = reference_attention(qw, kw, vw, None, rp64, return_lse=True)
+        hp, wp = padded
+
+        def unpart(t):  # [B * nW, H, ws^2, ...] -> [B, H, N, ...] on the grid
+            extra = t.shape[3:]
+            t = t.reshape(b, hp // ws, wp // ws, h, ws, ws, *extra).permute(0, 3, 1, 4, 2, 5, *range(6, 6 + len(extra)))
+            return t.reshape(b, h, hp, wp, *extra)[:, :, : grid[0], : grid[1]].reshape(b, h, n, *extra)
+
+        err = float((out.double() - unpart(ref)).abs().max())
+        lse_err = float((lse.double() - unpart(ref_lse[..., None])[..., 0]).abs().max())
+        tol = 2e-5 if dtype == torch.float32 else 2e-2
+        worst = max(worst, err)
+        name = f"B{b} H{h}/{hkv} grid {grid} window {ws} d{d} {dtype} rel={rel}"
+        if not err <= tol:
+            problems.append(f"{name}: max abs err {err:.2e} > {tol}")
+        if not lse_err <= (1e-4 if dtype == torch.float32 else 2e-2):
+            problems.append(f"{name}: LSE err {lse_err:.2e}")
+    # a bad call is refused at the boundary with the fix in the message
+    try:
+        window_attention(q, k, v, bias[0][:1], bias[1], None, None, (5, 9), 4)
+        problems.append("a k_fill of the wrong shape was accepted")
+    except ValueError:
+        pass
+    return {"case": "windows-in-place", "ok": not problems, "problems": problems, "err": worst}
+
+
+def _windows_block_check() -> dict:
+    """A tiny SAM with padded windows: the in-place encoder equals the original, and uses the kernel."""
+    import copy
+
+    from samsparse.backends.triton import ops
+    from samsparse.checkpoints import build_tiny_sam
+    from samsparse.fast import optimize
+    from samsparse.windows import WindowsInPlaceBlock
+
+    sam = build_tiny_sam(img_size=160, seed=3, window_size=3, global_attn_indexes=(1,)).eval()  # 10x10 grid
+    with torch.no_grad():
+        for name, p in sam.image_encoder.named_parameters():
+            if "rel_pos" in name or name.endswith("qkv.bias"):
+                p.normal_(0.0, 0.5)  # non-zero bias and rel-pos: the padding keys matter
+    original = copy.deepcopy(sam)
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = original.image_encoder(x)
+    problems = []
+    optimize(sam, dtype=None, backend="triton")
+    kinds = [type(blk) for blk in sam.image_encoder.blocks]
+    if kinds.count(WindowsInPlaceBlock) != len(kinds) - 1:
+        problems.append(f"block classes after optimize: {[k.__name__ for k in kinds]}")
+    ops._PLANS.clear()
+    with torch.no_grad():
+        got = sam.image_encoder(x)
+    if not any(geo.window for (geo, _cfg, _pos) in ops._PLANS):
+        problems.append("the windowed blocks did not use the in-place kernel")
+    err = float((got - want).abs().max() / want.abs().max())
+    if not err <= 1e-5:
+        problems.append(f"in-place encoder differs from the original: rel err {err:.2e}")
+    optimize(sam, dtype=None, backend="triton", windows="partition")
+    with torch.no_grad():
+        err2 = float((sam.image_encoder(x) - want).abs().max() / want.abs().max())
+    if not err2 <= 1e-5:
+        problems.append(f"partitioned encoder differs from the original: rel err {err2:.2e}")
+    return {"case": "windows-block", "ok": not problems, "problems": problems, "err": max(err, err2)}
+
+
+def _windows_opcheck() -> dict:
+    """The window op's schema, fake tensor and AOT dispatch, and a full-graph compile of it."""
+    from samsparse.backends.triton.windows import window_attention
+
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 35, 16, generator=g) for _ in range(3))
+    fill = torch.randn(2, 2, 16, generator=g)
+    args = (q, k, v, fill[0], fill[1], None, None, 0.25, 5, 7, 3, 16, 16, 4, 1)
+    torch.library.opcheck(
+        torch.ops.samsparse.triton_window_attention.default, args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
+    eager, _ = window_attention(q, k, v, fill[0], fill[1], None, 0.25, (5, 7), 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda q, k, v: window_attention(q, k, v, fill[0], fill[1], None, 0.25, (5, 7), 3)[0] * 2,
+        fullgraph=True, backend="aot_eager",
+    )
+    err = float((compiled(q, k, v) / 2 - eager).abs().max())
+    problems = [] if err <= 1e-6 else [f"compiled window attention differs from eager: {err:.2e}"]
+    return {"case": "windows-opcheck", "ok": not problems, "problems": problems, "err": err}
+
+
 def _worker(out_path: str, only: set[str] | None) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     for p in (str(ROOT), str(HERE)):
@@ -220,6 +346,12 @@ def _worker(out_path: str, only: set[str] | None) -> None:
                     res = _opcheck()
                 elif name == "tables-toeplitz-or-not":
                     res = _tables_check()
+                elif name == "windows-in-place":
+                    res = _windows_check()
+                elif name == "windows-block":
+                    res = _windows_block_check()
+                elif name == "windows-opcheck":
+                    res = _windows_opcheck()
                 else:
                     res = _lse_flag_check()
             else:

@@ -97,6 +97,71 @@ def test_gpu_every_window_candidate_config_is_correct(d, config):
     assert res["ok"], "\n".join(res["problems"])
 
 
+@pytest.mark.parametrize("d,config", _window_configs())
+def test_gpu_windows_in_place_match_partitioned_windows(d, config):
+    """SAM's 64x64 grid read in place (14x14 windows, padded to 70x70): same as the kernel on
+    partitioned windows with the same config, and as the float64 reference, for every candidate."""
+    from attention_cases import partitioned_windows
+
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton.configs import TileConfig
+    from samsparse.backends.triton.windows import window_attention
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    b, h, grid, ws = 2, 16 if d == 80 else 12, (64, 64), 14
+    n = grid[0] * grid[1]
+    qkv = torch.randn(b, n, 3, h, d, device="cuda", generator=g).to(torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as SparseAttention makes them
+    fill = torch.randn(2, h, d, device="cuda", generator=g).to(torch.bfloat16)
+    tables = 0.3 * torch.randn(2, 2 * ws - 1, d, device="cuda", generator=g)
+    rp = RelPos.from_tables(tables[0].to(torch.bfloat16), tables[1].to(torch.bfloat16), (ws, ws))
+    cfg = TileConfig(*config)
+    out, lse = window_attention(q, k, v, fill[0], fill[1], rp, None, grid, ws, config=cfg)
+    qw, kw, vw, (hp, wp) = partitioned_windows(q, k, v, fill[0], fill[1], grid, ws)
+    part = TritonBackend(options={"config": cfg}).attend(qw, kw, vw, None, rp)
+    rel_h, rel_w = rp.terms(qw)
+    ref = reference_attention(qw.double(), kw.double(), vw.double(), None,
+                              RelPos((ws, ws), (ws, ws), rel_h=rel_h.double(), rel_w=rel_w.double()))
+    torch.cuda.synchronize()
+
+    def unpart(t):
+        t = t.reshape(b, hp // ws, wp // ws, h, ws, ws, d).permute(0, 3, 1, 4, 2, 5, 6).reshape(b, h, hp, wp, d)
+        return t[:, :, : grid[0], : grid[1]].reshape(b, h, n, d)
+
+    assert torch.isfinite(lse).all()
+    torch.testing.assert_close(out, unpart(part), rtol=0, atol=0)  # same config, same arithmetic
+    err = float((out.double() - unpart(ref)).abs().max() / unpart(ref).abs().max())
+    assert err < 1e-2, err
+
+
+def test_gpu_encoder_with_windows_in_place_matches_partitioned():
+    """A random vit_b-sized SAM encoder in bf16: optimize(windows="in_place") against "partition"."""
+    from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+    from samsparse import optimize
+    from samsparse.windows import WindowsInPlaceBlock
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(depth=3, embed_dim=768, num_heads=12, global_attn_indexes=(2,), window_size=14,
+                          use_rel_pos=True, rel_pos_zero_init=False, out_chans=256).cuda().eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if name.endswith("qkv.bias"):
+                p.normal_(0.0, 0.5)
+    x = torch.randn(2, 3, 1024, 1024, device="cuda")
+    optimize(enc, dtype=torch.bfloat16, windows="partition")
+    with torch.no_grad():
+        want = enc(x)
+    optimize(enc, dtype=torch.bfloat16, windows="in_place")
+    assert sum(type(blk) is WindowsInPlaceBlock for blk in enc.blocks) == 2
+    with torch.no_grad():
+        got = enc(x)
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err < 2e-3, err
+
+
 def test_gpu_autotune_and_cache(tmp_path, monkeypatch):
     from samsparse.backends.triton import configs, ops
 

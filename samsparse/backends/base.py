@@ -213,6 +213,33 @@ class Backend:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def window_reason(self, head_dim: int, dtype: torch.dtype, window: int, rel_pos: RelPos | None) -> str | None:
+        """Why this backend cannot run :meth:`attend_windows` for this case (None when it can).
+
+        Optional capability: a backend with a kernel that reads SAM's windows in place
+        overrides this and :meth:`attend_windows`; callers fall back to partitioning.
+        """
+        return f"backend {self.name!r} has no in-place window kernel"
+
+    def attend_windows(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_fill: torch.Tensor,
+        v_fill: torch.Tensor,
+        rel_pos: RelPos | None,
+        scale: float | None,
+        grid: tuple[int, int],
+        window: int,
+    ) -> torch.Tensor:
+        """SAM's windowed attention on the unpadded grid (see ``samsparse.backends.triton.windows``).
+
+        q [B, H, N, D], k/v [B, Hkv, N, D] with N = grid[0] * grid[1]; k_fill/v_fill [Hkv, D]
+        (the key / value of a padding token); returns [B, H, N, D] in q's dtype.
+        """
+        raise UnsupportedCall(self.window_reason(q.shape[-1], q.dtype, window, rel_pos))
+
     def describe(self) -> dict:
         """A row for the backends table."""
         return {

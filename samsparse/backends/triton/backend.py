@@ -85,3 +85,14 @@ class TritonBackend(Backend):
 
         out, lse = attention(q, k, v, mask, rel_pos, scale, config=self.options.get("config"))
         return (out, lse) if return_lse else out
+
+    def window_reason(self, head_dim, dtype, window, rel_pos):
+        from .windows import window_unsupported_reason
+
+        return window_unsupported_reason(head_dim, dtype, window, rel_pos)
+
+    def attend_windows(self, q, k, v, k_fill, v_fill, rel_pos, scale, grid, window):
+        from .windows import window_attention
+
+        out, _ = window_attention(q, k, v, k_fill, v_fill, rel_pos, scale, grid, window, config=self.options.get("config"))
+        return out

@@ -36,6 +36,14 @@ loaded during step t (plain loads are not software-pipelined by Triton), and
 the row of key-block ids sits in registers so the K/V addresses of future steps
 are arithmetic the pipeliner can issue ahead.
 
+Windows in place (``WIN``): SAM's windowed blocks pad the token grid with zeros to a
+multiple of the window and cut it into windows. With ``WIN`` the program of window
+``b`` reads its tokens straight from the unpadded ``[B, IGH*IGW]`` q/k/v (the qkv
+projection of the unpadded grid), uses the qkv bias (what SAM's projection makes of a
+zero token) as the key and value of each padding token, skips padding queries, and
+writes the output back to the image grid. Same result, without the partition copies
+and the projections of the padding tokens.
+
 Head dims that are not a power of two are split in two power-of-two parts
 (``D1 + D2``, e.g. 80 = 64 + 16) so that no tensor-core work is spent on padding.
 """
@@ -191,6 +199,7 @@ def _attn_fwd(
     RELH, RELW,
     TABH, TABW,  # gathered rel-pos tables Rh [gh, gh, D], Rw [gw, gw, D] (REL_TAB: terms computed here)
     CU_Q, CU_K,
+    KFILL, VFILL,  # WIN: key / value of a padding token (the qkv bias) [Hkv, D]
     qk_scale,  # softmax scale * log2(e)
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
@@ -202,9 +211,11 @@ def _attn_fwd(
     shb, shh, shq, shr,  # rel_h strides [B, H, Nq, gh_k]
     swb, swh, swq, swc,  # rel_w strides [B, H, Nq, gw_k]
     sth_a, sth_b, sth_d, stw_a, stw_b, stw_d,  # table strides
+    sfh,  # KFILL / VFILL row stride (the caller makes their d-stride equal to K's and V's)
     H, GROUP, Nq, Nk,
     BQ, BK, NKB,  # query / key block size in tokens, key blocks when dense
     NTW,  # tiles per tile row (tiles layout)
+    NWW, NWIN, IGH, IGW,  # WIN: windows per window row, windows per image, image token grid
     HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr,  # D1 <= HEAD_DIM, D1 + D2 <= HEAD_DIM (no masking on d)
     LAYOUT: tl.constexpr,  # 0 sequence, 1 tiles
@@ -223,6 +234,7 @@ def _attn_fwd(
     SCALE_POS: tl.constexpr,  # qk_scale > 0
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MK_PAD: tl.constexpr,  # next power of two >= the number of key blocks (mask row length)
+    WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -234,6 +246,13 @@ def _attn_fwd(
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     hk64 = hk.to(tl.int64)
+    if WIN > 0:
+        # the batch index counts windows: image b // NWIN, window b % NWIN (row-major, NWW per row)
+        w_img = b // NWIN
+        w_id = b - w_img * NWIN
+        w_y = (w_id // NWW) * WIN  # top-left token of the window on the image grid
+        w_x = (w_id - (w_id // NWW) * NWW) * WIN
+        b64 = w_img.to(tl.int64)
 
     if VARLEN:
         q_start = tl.load(CU_Q + b).to(tl.int64)
@@ -251,6 +270,13 @@ def _attn_fwd(
     if LAYOUT == 0:
         q_tok = qb * BQ + offs_m
         q_ok = (offs_m < BQ) & (q_tok < nq)
+        q_pos = q_tok  # position on the rel-pos grid
+        if WIN > 0:
+            # window-local token -> image token; padding queries are not computed
+            q_lr = q_tok // WIN
+            q_lc = q_tok - q_lr * WIN
+            q_ok = q_ok & (w_y + q_lr < IGH) & (w_x + q_lc < IGW)
+            q_tok = (w_y + q_lr) * IGW + (w_x + q_lc)
     else:
         q_tr = qb // NTW
         q_tc = qb - q_tr * NTW
@@ -260,6 +286,7 @@ def _attn_fwd(
         q_col = q_tc * TW + q_c
         q_tok = q_row * TGW + q_col
         q_ok = (q_r < TH) & (q_row < TGH) & (q_col < TGW)
+        q_pos = q_tok
 
     offs_d1 = tl.arange(0, D1)
     dmask1 = offs_d1 < HEAD_DIM
@@ -319,8 +346,8 @@ def _attn_fwd(
             # the query rows' whole rel_h / rel_w (small key grid), loaded once per program
             if REL_TAB:
                 # rel_h / rel_w of this program's queries from the tables (no separate terms kernel)
-                q_r = q_tok // RGW
-                q_c = q_tok - q_r * RGW
+                q_r = q_pos // RGW
+                q_c = q_pos - q_r * RGW
                 if D2 > 0:
                     q_rest = q2
                 else:
@@ -340,6 +367,11 @@ def _attn_fwd(
     if DENSE:
         offs_mk = 0
         idx_row = 0
+    if WIN > 0:
+        # a padding token's key / value is the qkv bias (SAM projects the zero padding): its rows
+        # are read from KFILL / VFILL (same d-stride as K / V) instead of from the grid
+        k_fill_row = KFILL + hk64 * sfh
+        v_fill_row = VFILL + hk64 * sfh
     if not HAS_HEAD_MASK:
         dense_head = False
 
@@ -350,6 +382,8 @@ def _attn_fwd(
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
 
     total = n_kv * SUB_N
+    if WIN > 0:
+        total = tl.where(tl.max(q_ok.to(tl.int32), 0) > 0, total, 0)  # all queries padding: nothing to do
     if HAS_REL and REL_DOT == 2:
         j0, _ = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         relh_nxt, relw_nxt = _tile_slices(
@@ -415,7 +449,14 @@ def _attn_fwd(
                     relh_rows, relw_rows, b_row1, b_col1, shr, swc, q_ok[:, None] & k_ok1[None, :] & (t1 < total)
                 )
 
+        if WIN > 0:
+            k_lr = k_tok // WIN
+            k_lc = k_tok - k_lr * WIN
+            k_real = k_ok & (w_y + k_lr < IGH) & (w_x + k_lc < IGW)
+            k_tok = (w_y + k_lr) * IGW + (w_x + k_lc)
         k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
+        if WIN > 0:
+            k_rows = tl.where(k_real[:, None], k_rows, k_fill_row)
         k1 = _load_2d(k_rows + offs_d1[None, :] * skd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
         qk = _dot(q1, tl.trans(k1), None, IEEE, UPCAST)
         if D2 > 0:
@@ -474,6 +515,8 @@ def _attn_fwd(
         m_i = m_new
 
         v_rows = v_base + k_tok.to(tl.int64)[:, None] * svn
+        if WIN > 0:
+            v_rows = tl.where(k_real[:, None], v_rows, v_fill_row)
         v1 = _load_2d(v_rows + offs_d1[None, :] * svd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
         acc1 = acc1 * alpha[:, None]
         acc1 = _dot(p.to(v1.dtype), v1, acc1, IEEE, UPCAST)

@@ -207,6 +207,7 @@ class _Geometry:
     has_head_mask: bool = False
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype: the one-hot bias products are then exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
+    window: tuple[int, ...] = ()  # windows in place: (window, windows per row, windows per image, grid h, grid w)
 
     def rel_dot(self) -> int:
         """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
@@ -273,7 +274,7 @@ class _Plan:
     """Everything about a launch that depends only on (geometry, tile config): computed once."""
 
     grid: tuple[int, int]
-    ints: tuple[int, ...]  # H, GROUP, Nq, Nk, BQ, BK, NKB, NTW
+    ints: tuple[int, ...]  # H, GROUP, Nq, Nk, BQ, BK, NKB, NTW, NWW, NWIN, IGH, IGW
     constexprs: dict
 
 
@@ -343,6 +344,10 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         nkb = math.ceil(nk / bk)
         num_q_blocks = math.ceil(nq / bq)
 
+    win, nww, nwin, igh, igw = geo.window or (0, 1, 1, 1, 1)
+    if win:
+        # windows in place: queries and keys are gathered from the image grid, always masked
+        even_q = even_k = False
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
@@ -356,12 +361,12 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         EVEN_Q=even_q, EVEN_K=even_k, IEEE=geo.dtype == torch.float32,
         UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
         BLOCK_M=block_m, BLOCK_N=block_n,
-        MK_PAD=max(16, next_pow2(geo.num_k_blocks)),
+        MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
         grid=(num_q_blocks * split_m, b * h),
-        ints=(h, h // geo.kv_heads, nq, nk, bq, bk, nkb, ntw),
+        ints=(h, h // geo.kv_heads, nq, nk, bq, bk, nkb, ntw, nww, nwin, igh, igw),
         constexprs=constexprs,
     )
 
@@ -371,6 +376,7 @@ def _launch(
     cfg: TileConfig,
     q, k, v, out, lse, qs, ks, vs, os_, ls,
     kv_num, kv_idx, head_mask, rel_h, rel_w, cu_q, cu_k, qk_scale: float, tab_h=None, tab_w=None,
+    k_fill=None, v_fill=None,
 ) -> None:
     """One launch of the attention kernel for ``geo`` with tile config ``cfg``."""
     key = (geo, cfg, qk_scale > 0)
@@ -399,8 +405,10 @@ def _launch(
         kv_num, kv_idx, head_mask if head_mask is not None else dummy,
         rel_h, rel_w, tab_h, tab_w,
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
+        k_fill if k_fill is not None else dummy, v_fill if v_fill is not None else dummy,
     )
-    ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, *plan.ints)
+    sf = k_fill.stride(0) if k_fill is not None else 0
+    ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, sf, *plan.ints)
     _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
 
 
