@@ -233,7 +233,8 @@ def _attn_fwd(
     EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     SCALE_POS: tl.constexpr,  # qk_scale > 0
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MK_PAD: tl.constexpr,  # next power of two >= the number of key blocks (mask row length)
+    MK: tl.constexpr,  # number of key blocks (mask row length)
+    MK_PAD: tl.constexpr,  # next power of two >= MK
     WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
 ):
     pid_m = tl.program_id(0)
@@ -314,7 +315,9 @@ def _attn_fwd(
         # the row's key-block ids, held in registers: the K/V addresses of a future step
         # are then plain arithmetic, which the software pipeliner can issue 2+ steps ahead
         offs_mk = tl.arange(0, MK_PAD)
-        idx_row = tl.load(idx_base + offs_mk * sik, mask=offs_mk < n_kv, other=0)
+        # masked by the row length, not by n_kv: the load does not wait for n_kv's (an entry past
+        # n_kv is never used), which takes one dependent memory latency off the program's start
+        idx_row = tl.load(idx_base + offs_mk * sik, mask=offs_mk < MK, other=0)
     if VARLEN:
         n_kv = tl.where(qb * BQ < nq, n_kv, 0)
 

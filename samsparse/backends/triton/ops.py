@@ -361,7 +361,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         EVEN_Q=even_q, EVEN_K=even_k, IEEE=geo.dtype == torch.float32,
         UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
         BLOCK_M=block_m, BLOCK_N=block_n,
-        MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
+        MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
