@@ -37,6 +37,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
+    "windows-compile",
 ]
 
 
@@ -316,6 +317,42 @@ def _windows_opcheck() -> dict:
     return {"case": "windows-opcheck", "ok": not problems, "problems": problems, "err": err}
 
 
+def _windows_compile_check() -> dict:
+    """torch.compile of an encoder whose windowed blocks read windows in place: no graph break,
+    no recompile per layer (both compile scopes), the in-place kernel used, SAM's result."""
+    import copy
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from samsparse.backends.triton import ops
+    from samsparse.checkpoints import build_tiny_sam
+    from samsparse.fast import optimize
+
+    tiny = build_tiny_sam(embed_dim=64, depth=4, num_heads=4, img_size=128, window_size=3, global_attn_indexes=(1, 3))
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = tiny.image_encoder(x)
+    problems, worst = [], 0.0
+    for scope, expected in (("encoder", 1), ("blocks", 4)):
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("eager")
+        model = optimize(copy.deepcopy(tiny), dtype=None, compile="default", backend="triton",
+                         compile_backend=counter, compile_scope=scope)
+        ops._PLANS.clear()
+        with torch.no_grad():
+            out = model.image_encoder(x)
+            model.image_encoder(x + 1)
+        if counter.frame_count != expected:
+            problems.append(f"scope {scope}: {counter.frame_count} graphs, want {expected} (graph breaks or recompiles)")
+        if not any(geo.window for (geo, _cfg, _pos) in ops._PLANS):
+            problems.append(f"scope {scope}: the compiled windowed blocks did not use the in-place kernel")
+        err = float((out - ref).abs().max())
+        worst = max(worst, err)
+        if not err <= 1e-5:
+            problems.append(f"scope {scope}: differs from the original by {err:.2e}")
+    return {"case": "windows-compile", "ok": not problems, "problems": problems, "err": worst}
+
+
 def _worker(out_path: str, only: set[str] | None) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     for p in (str(ROOT), str(HERE)):
@@ -352,6 +389,8 @@ def _worker(out_path: str, only: set[str] | None) -> None:
                     res = _windows_block_check()
                 elif name == "windows-opcheck":
                     res = _windows_opcheck()
+                elif name == "windows-compile":
+                    res = _windows_compile_check()
                 else:
                     res = _lse_flag_check()
             else:
