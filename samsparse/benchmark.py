@@ -96,6 +96,29 @@ def build_encoder(model_type: str = "vit_b", img_size: int = 1024, seed: int = 0
     return enc.eval()
 
 
+def time_stream(fn: Callable[[], Any], device: torch.device, calls: int = 10) -> float:
+    """Milliseconds per call of ``calls`` back-to-back calls of ``fn()`` (one synchronisation at the end).
+
+    The throughput regime (a stream of batches): the host queues the next call while the GPU
+    runs this one, so the host's launch latency at the start of each call is hidden, unlike
+    :func:`time_fn`, which synchronises after every call (the latency regime).
+    """
+    fn()
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -305,12 +328,16 @@ def interleaved_ratios(
     """Median time of each variant, measured in interleaved rounds, and each one's ratio to the first.
 
     All variants are built (and compiled) first and kept alive; then every round times
-    each of them in turn (``repeat`` calls, median), so clock and thermal drift during
-    the run falls on all of them alike instead of on whichever ran last. The ratio of a
-    variant is ``median over rounds of (first variant's ms / its ms)`` in the same round.
+    each of them in turn, so clock and thermal drift during the run falls on all of them
+    alike instead of on whichever ran last. Each round measures a variant twice: per call
+    (``repeat`` synchronised calls, median: latency, host launch time included; "ms") and
+    as a stream (``repeat`` back-to-back calls, one synchronisation: throughput; "stream_ms").
+    The ratio of a variant is ``median over rounds of (first variant's ms / its ms)`` in the
+    same round, for each of the two.
 
     Returns ``{"variants": {name: {"ms": [per round], "ms_median": .., "ratio_median": ..,
-    "ratios": [per round], "rel_dev": .., "first_call_s": ..}}, "rounds": rounds, ...}``.
+    "ratios": [per round], "stream_ms": [..], "stream_ms_median": .., "stream_ratios": [..],
+    "stream_ratio_median": .., "rel_dev": .., "first_call_s": ..}}, "rounds": rounds, ...}``.
     """
     if rounds < 1 or repeat < 1:
         raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
@@ -338,7 +365,7 @@ def _interleaved_ratios(model_type, variants, batch, dtype, device, rounds, repe
             first, diff = _first_call(model, xin, ref, device)
         models[variant] = model
         info[variant] = {"first_call_s": first, "rel_dev": float(diff.norm() / ref.norm()), "max_dev": float(diff.abs().max()),
-                         "ms": [], "ratios": []}
+                         "ms": [], "ratios": [], "stream_ms": [], "stream_ratios": []}
     for r in range(rounds):
         if progress:
             progress(f"round {r + 1}/{rounds}")
@@ -346,12 +373,15 @@ def _interleaved_ratios(model_type, variants, batch, dtype, device, rounds, repe
             for variant, model in models.items():
                 ms, _ = time_fn(lambda: model(xin), device, warmup=2, repeat=repeat)
                 info[variant]["ms"].append(ms)
-        first_ms = info[variants[0]]["ms"][-1]
-        for variant in variants:
-            info[variant]["ratios"].append(first_ms / info[variant]["ms"][-1])
+                info[variant]["stream_ms"].append(time_stream(lambda: model(xin), device, calls=repeat))
+        for key in ("", "stream_"):
+            first_ms = info[variants[0]][key + "ms"][-1]
+            for variant in variants:
+                info[variant][key + "ratios"].append(first_ms / info[variant][key + "ms"][-1])
     for entry in info.values():
-        entry["ms_median"] = statistics.median(entry["ms"])
-        entry["ratio_median"] = statistics.median(entry["ratios"])
+        for key in ("", "stream_"):
+            entry[key + "ms_median"] = statistics.median(entry[key + "ms"])
+            entry[key + "ratio_median"] = statistics.median(entry[key + "ratios"])
     return {"model": model_type, "batch": batch, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
             "repeat": repeat, "device": _device_label(device), "variants": info}
 

@@ -32,6 +32,10 @@ def test_interleaved_ratios_rounds_and_baseline():
     assert dense["ratios"] == [1.0, 1.0, 1.0]  # the first variant is the baseline of every round
     for i in range(3):
         assert math.isclose(orig["ratios"][i], dense["ms"][i] / orig["ms"][i])
+    assert len(dense["stream_ms"]) == 3 and dense["stream_ratios"] == [1.0, 1.0, 1.0]
+    for i in range(3):
+        assert math.isclose(orig["stream_ratios"][i], dense["stream_ms"][i] / orig["stream_ms"][i])
+    assert orig["stream_ratio_median"] > 0 and dense["stream_ms_median"] > 0
     assert orig["rel_dev"] < 1e-5 and dense["rel_dev"] < 1e-4  # fp32: the patched dense encoder is exact
     with pytest.raises(ValueError, match="rounds"):
         interleaved_ratios("tiny", ["dense"], rounds=0, device="cpu", img_size=64)
