@@ -95,20 +95,6 @@ def _step_block(t, offs_mk, idx_row, dense_head, SUB_N: tl.constexpr, DENSE: tl.
 
 
 @triton.jit
-def _step_ids(idx_base, sik, t, total, like, SUB_N: tl.constexpr):
-    """(key-block ids, sub-step) of loop step t, the id loaded by every lane for itself.
-
-    ``like`` (an int arange) gives the shape and layout: each lane reads the same entry of the
-    row (an L1 broadcast), so no cross-warp reduction stands between the step and its K/V
-    addresses; steps past ``total`` read 0.
-    """
-    jb = t // SUB_N
-    zero = like * 0
-    ids = tl.load(idx_base + jb * sik + zero, mask=(zero + t) < total, other=0)
-    return ids, t - jb * SUB_N
-
-
-@triton.jit
 def _key_coords(
     j, sub, nk, offs_n, BK, NTW,
     LAYOUT: tl.constexpr, ROWS: tl.constexpr, SUB_N: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -249,7 +235,6 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MK: tl.constexpr,  # number of key blocks (mask row length)
     MK_PAD: tl.constexpr,  # next power of two >= MK
-    ID_LOADS: tl.constexpr = False,  # key-row mode of a sparse mask: each step's id loaded per lane (_step_ids)
     WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
 ):
     pid_m = tl.program_id(0)
@@ -329,14 +314,10 @@ def _attn_fwd(
         idx_base = KV_IDX + b64 * sib + h64 * sih + qb * sim
         # the row's key-block ids, held in registers: the K/V addresses of a future step
         # are then plain arithmetic, which the software pipeliner can issue 2+ steps ahead
-        if ID_LOADS:
-            offs_mk = 0
-            idx_row = 0
-        else:
-            offs_mk = tl.arange(0, MK_PAD)
-            # masked by the row length, not by n_kv: the load does not wait for n_kv's (an entry past
-            # n_kv is never used), which takes one dependent memory latency off the program's start
-            idx_row = tl.load(idx_base + offs_mk * sik, mask=offs_mk < MK, other=0)
+        offs_mk = tl.arange(0, MK_PAD)
+        # masked by the row length, not by n_kv: the load does not wait for n_kv's (an entry past
+        # n_kv is never used), which takes one dependent memory latency off the program's start
+        idx_row = tl.load(idx_base + offs_mk * sik, mask=offs_mk < MK, other=0)
     if VARLEN:
         n_kv = tl.where(qb * BQ < nq, n_kv, 0)
 
@@ -413,14 +394,10 @@ def _attn_fwd(
         )
     if HAS_REL and REL_DOT == 0:
         # the bias of step t is loaded during step t-1: plain loads are not software-pipelined
-        if ID_LOADS:
-            j0, sub0 = _step_ids(idx_base, sik, 0, total, offs_m, SUB_N)
-            b_row0 = (j0 * SUB_N + sub0) * ROWS  # per query lane, all equal
-        else:
-            j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-            _, k_ok0, b_row0, b_col0 = _key_coords(
-                j0, sub0, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
-            )
+        j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        _, k_ok0, b_row0, b_col0 = _key_coords(
+            j0, sub0, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+        )
         if ROWS > 0:
             relh_nxt = tl.load(relh_rows + b_row0 * shr, mask=q_ok & (total > 0) & (b_row0 * RGW < nk), other=0.0)
             relh_nxt = relh_nxt.to(tl.float32) * 1.4426950408889634
@@ -435,10 +412,7 @@ def _attn_fwd(
             )
 
     for t in range(0, total):
-        if ID_LOADS:
-            j, sub = _step_ids(idx_base, sik, t, total, offs_n, SUB_N)
-        else:
-            j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         k_tok, k_ok, b_row, b_col = _key_coords(
             j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
         )
@@ -458,14 +432,10 @@ def _attn_fwd(
             oh_col = b_col
         if HAS_REL and REL_DOT == 0:
             t1 = t + 1
-            if ID_LOADS:
-                j1, sub1 = _step_ids(idx_base, sik, t1, total, offs_m, SUB_N)
-                b_row1 = (j1 * SUB_N + sub1) * ROWS
-            else:
-                j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-                _, k_ok1, b_row1, b_col1 = _key_coords(
-                    j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
-                )
+            j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+            _, k_ok1, b_row1, b_col1 = _key_coords(
+                j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+            )
             if ROWS > 0:
                 relh = relh_nxt
                 relh_nxt = tl.load(relh_rows + b_row1 * shr, mask=q_ok & (t1 < total) & (b_row1 * RGW < nk), other=0.0)

@@ -280,10 +280,6 @@ class _Plan:
 
 _PLANS: dict = {}
 
-# key-row mode of a sparse mask: each step's key-block id is loaded by every lane instead of being
-# extracted from the row of ids (a cross-warp reduction per step); a switch for same-run A/B timing
-STEP_ID_LOADS = True
-
 
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
     kern = _kernels()
@@ -366,8 +362,6 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
         BLOCK_M=block_m, BLOCK_N=block_n,
         MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
-        ID_LOADS=STEP_ID_LOADS and geo.masked and geo.layout == LAYOUT_SEQUENCE and rows > 0 and rel_dot == 0
-        and not geo.has_head_mask,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
