@@ -505,6 +505,13 @@ def _override(block_m: int, block_n: int, num_warps: int, num_stages: int) -> Ti
     return TileConfig(block_m, max(block_n, 16), max(num_warps, 1), max(num_stages, 1))
 
 
+def _run_configured(geo: _Geometry, device: torch.device, run, block_m: int, block_n: int, num_warps: int,
+                    num_stages: int) -> None:
+    """``run`` with the forced config (block_m > 0) or the tuned / default one, fitted to this GPU."""
+    override = _override(block_m, block_n, num_warps, num_stages)
+    _run_fitting(geo, device, run, _pick_config(geo, device, run, override), override is not None)
+
+
 # ---------------------------------------------------------------------------- the op
 def _attention_impl(
     q: torch.Tensor,
@@ -570,8 +577,7 @@ def _attention_impl(
             _launch(geo, cfg, q, k, v, out, lse, *strides, kv_num_blocks, kv_indices, None, rel_h, rel_w, None, None, scale2,
                     rh if in_program else None, rw if in_program else None)
 
-        override = _override(block_m, block_n, num_warps, num_stages)
-        _run_fitting(geo, q.device, run, _pick_config(geo, q.device, run, override), override is not None)
+        _run_configured(geo, q.device, run, block_m, block_n, num_warps, num_stages)
     return out, lse
 
 
@@ -683,8 +689,7 @@ def _varlen_impl(
         _launch(geo, cfg, q, k, v, out, lse, qs, ks, vs, os_, ls, kv_num, kv_idx, hm, None, None, cu_q, cu_k, scale2)
 
     with _device_ctx(q):
-        override = _override(block_m, block_n, num_warps, num_stages)
-        _run_fitting(geo, q.device, run, _pick_config(geo, q.device, run, override), override is not None)
+        _run_configured(geo, q.device, run, block_m, block_n, num_warps, num_stages)
     return out, lse
 
 

@@ -24,9 +24,7 @@ from .ops import (
     _device_ctx,
     _Geometry,
     _launch,
-    _override,
-    _pick_config,
-    _run_fitting,
+    _run_configured,
     _terms_in_program,
     _tracing,
 )
@@ -95,8 +93,7 @@ def _window_impl(
             _launch(geo, cfg, q, k, v, out, lse, *strides, None, None, None, None, None, None, None, scale2,
                     rh, rw, k_fill, v_fill)
 
-        override = _override(block_m, block_n, num_warps, num_stages)
-        _run_fitting(geo, q.device, run, _pick_config(geo, q.device, run, override), override is not None)
+        _run_configured(geo, q.device, run, block_m, block_n, num_warps, num_stages)
     return out, lse
 
 
