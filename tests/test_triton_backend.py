@@ -497,6 +497,21 @@ def test_head_dim_split_covers_and_is_pow2():
     assert head_dim_split(64) == (64, 0)
 
 
+def test_smaller_configs_shrink_and_keep_two_stages_for_split_head_dims():
+    from samsparse.backends.triton.configs import TileConfig, smaller_configs
+
+    start = TileConfig(64, 64, 4, 3)
+    plain = smaller_configs(start, 64)
+    assert TileConfig(64, 64, 4, 1) in plain and plain[-1] == TileConfig(16, 16, 4, 1)
+    for d in (80, 48, 96):  # split in two parts: no 1-stage config (wrong at d=80 on an H100)
+        split = smaller_configs(start, d)
+        assert split and all(c.num_stages >= 2 for c in split), (d, split)
+        assert all(c.num_stages >= 2 for c in smaller_configs(TileConfig(64, 64, 4, 1), d))
+    for seq in (plain, split):  # never larger than the previous one in tiles
+        for a, b in zip(seq, seq[1:]):
+            assert (b.block_m, b.block_n) <= (a.block_m, a.block_n) or b.block_m < a.block_m
+
+
 def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     from samsparse.backends.triton import configs
 

@@ -136,6 +136,37 @@ def test_gpu_windows_in_place_match_partitioned_windows(d, config):
     assert err < 1e-2, err
 
 
+def _fallback_configs():
+    try:
+        from samsparse.backends.triton.configs import smaller_configs, window_candidates
+    except ImportError:
+        return []
+    out = []
+    for d in (64, 80):
+        seen = []
+        for c in window_candidates(d):
+            for f in smaller_configs(c, d):
+                if f not in seen and f not in window_candidates(d):
+                    seen.append(f)
+        out += [(d, (f.block_m, f.block_n, f.num_warps, f.num_stages)) for f in seen]
+    return out
+
+
+@pytest.mark.parametrize("d,config", _fallback_configs())
+def test_gpu_every_window_fallback_config_is_correct(d, config):
+    """The configs tried when a window candidate does not fit a GPU's shared memory must be right too
+    (a 1-stage config was wrong at d=80: split head dims stop at 2 stages)."""
+    from samsparse.backends.triton import TritonBackend
+    from samsparse.backends.triton.configs import TileConfig
+
+    case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=9)
+    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
+    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
+    torch.cuda.synchronize()
+    res = check(case, q, k, v, mask, rel_pos, out, lse)
+    assert res["ok"], "\n".join(res["problems"])
+
+
 def test_gpu_encoder_with_windows_in_place_matches_partitioned():
     """A random vit_b-sized SAM encoder in bf16: optimize(windows="in_place") against "partition"."""
     from segment_anything.modeling.image_encoder import ImageEncoderViT

@@ -163,21 +163,25 @@ def window_candidates(head_dim: int) -> list[TileConfig]:
     return out
 
 
-def smaller_configs(config: TileConfig) -> list[TileConfig]:
+def smaller_configs(config: TileConfig, head_dim: int | None = None) -> list[TileConfig]:
     """Configs with a smaller shared-memory footprint than ``config``, largest first.
 
     Fewer pipeline stages first (each stage holds a K and a V tile), then narrower key
-    tiles, then fewer query rows; down to (16, 16, 4 warps, 1 stage).
+    tiles, then fewer query rows; down to (16, 16, 4 warps, 1 stage). For a head dim that
+    is split in two parts (e.g. 80 = 64 + 16) the floor is 2 stages: a 1-stage window
+    config computed wrong results at d=80 on an H100 (see NOTES.md).
     """
     out: list[TileConfig] = []
     m, n, w, s = config.block_m, config.block_n, config.num_warps, config.num_stages
+    min_stages = 2 if head_dim is not None and head_dim_split(head_dim)[1] > 0 else 1
+    s = max(s, min_stages)
     while True:
-        if s > 1:
+        if s > min_stages:
             s -= 1
         elif n > 16:
-            n, s = n // 2, min(config.num_stages, 2)
+            n, s = n // 2, max(min_stages, min(config.num_stages, 2))
         elif m > 16:
-            m, s = m // 2, min(config.num_stages, 2)
+            m, s = m // 2, max(min_stages, min(config.num_stages, 2))
         else:
             break
         c = TileConfig(m, n, w if m >= 128 else 4, s)

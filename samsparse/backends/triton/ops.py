@@ -481,7 +481,7 @@ def _run_fitting(geo: _Geometry, device: torch.device, run, cfg: TileConfig, for
         if forced or not _out_of_resources(exc):
             raise
         first = exc
-    for smaller in _cfg.smaller_configs(cfg):
+    for smaller in _cfg.smaller_configs(cfg, geo.head_dim):
         try:
             run(smaller)
         except Exception as exc:
