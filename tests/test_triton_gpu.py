@@ -82,19 +82,24 @@ def _window_configs() -> list:
     return [(d, (c.block_m, c.block_n, c.num_warps, c.num_stages)) for d in (64, 80) for c in window_candidates(d)]
 
 
-@pytest.mark.parametrize("d,config", _window_configs())
-def test_gpu_every_window_candidate_config_is_correct(d, config):
-    """SAM's 14x14 windows (tables in, strided q/k/v, 16 heads, 50 windows): every candidate the
-    autotuner may pick for the window shape class must be right, for vit_b's d=64 and vit_h's d=80."""
+def _check_window_config(d: int, config: tuple, seed: int) -> None:
+    """SAM's window shape (50 windows of 14x14, 16 heads, tables in, strided q/k/v, bf16) with a forced config."""
     from samsparse.backends.triton import TritonBackend
     from samsparse.backends.triton.configs import TileConfig
 
-    case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=7)
+    case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=seed)
     q, k, v, mask, rel_pos = make_inputs(case, "cuda")
     out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
     torch.cuda.synchronize()
     res = check(case, q, k, v, mask, rel_pos, out, lse)
     assert res["ok"], "\n".join(res["problems"])
+
+
+@pytest.mark.parametrize("d,config", _window_configs())
+def test_gpu_every_window_candidate_config_is_correct(d, config):
+    """SAM's 14x14 windows (tables in, strided q/k/v, 16 heads, 50 windows): every candidate the
+    autotuner may pick for the window shape class must be right, for vit_b's d=64 and vit_h's d=80."""
+    _check_window_config(d, config, seed=7)
 
 
 @pytest.mark.parametrize("d,config", _window_configs())
@@ -156,15 +161,7 @@ def _fallback_configs():
 def test_gpu_every_window_fallback_config_is_correct(d, config):
     """The configs tried when a window candidate does not fit a GPU's shared memory must be right too
     (a 1-stage config was wrong at d=80: split head dims stop at 2 stages)."""
-    from samsparse.backends.triton import TritonBackend
-    from samsparse.backends.triton.configs import TileConfig
-
-    case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=9)
-    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
-    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
-    torch.cuda.synchronize()
-    res = check(case, q, k, v, mask, rel_pos, out, lse)
-    assert res["ok"], "\n".join(res["problems"])
+    _check_window_config(d, config, seed=9)
 
 
 def test_gpu_encoder_with_windows_in_place_matches_partitioned():

@@ -583,12 +583,18 @@ def _attention_impl(
 
 # Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
 # rel_toeplitz = 1: the tables are ``RelPos.toeplitz``); the fake gives the outputs' shapes.
-_triton_attention_op = torch.library.custom_op("samsparse::triton_attention", _attention_impl, mutates_args=())
+def _register_attention_op(name: str, impl):
+    """``impl`` as the custom op ``samsparse::<name>``, whose fake gives ``empty_outputs(q)``'s shapes."""
+    op = torch.library.custom_op(f"samsparse::{name}", impl, mutates_args=())
+
+    @op.register_fake
+    def _(q, *args, **kwargs):
+        return empty_outputs(q)
+
+    return op
 
 
-@_triton_attention_op.register_fake
-def _(q, *args, **kwargs):
-    return empty_outputs(q)
+_triton_attention_op = _register_attention_op("triton_attention", _attention_impl)
 
 
 def attention(

@@ -24,6 +24,7 @@ from .ops import (
     _device_ctx,
     _Geometry,
     _launch,
+    _register_attention_op,
     _run_configured,
     _terms_in_program,
     _tracing,
@@ -98,12 +99,7 @@ def _window_impl(
 
 
 # Op form of :func:`_window_impl` (block_m <= 0: autotuned config); the fake gives the outputs' shapes.
-_triton_window_op = torch.library.custom_op("samsparse::triton_window_attention", _window_impl, mutates_args=())
-
-
-@_triton_window_op.register_fake
-def _(q, *args, **kwargs):
-    return empty_outputs(q)
+_triton_window_op = _register_attention_op("triton_window_attention", _window_impl)
 
 
 def _check(q, k, v, k_fill, v_fill, grid: tuple[int, int], window: int) -> None:
