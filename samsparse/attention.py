@@ -256,8 +256,7 @@ class SparseAttention(nn.Module):
         if key in self._window_chosen:
             return self._window_chosen[key]
         chosen = None
-        q_norm = getattr(self, "q_norm", None)
-        if self.mask_source.is_dense and (q_norm is None or isinstance(q_norm, nn.Identity)):
+        if self.mask_source.is_dense and not self._has_qk_norm():
             head_dim = x.shape[-1] // self.num_heads
             # a window call's shape, to ask the registry which backend would run the windows
             probe = x.new_empty(1, self.num_heads, window * window, head_dim)
@@ -297,7 +296,7 @@ class SparseAttention(nn.Module):
             parts, padded = window_partition(x, window)
             return window_unpartition(self(parts), window, padded, (x.shape[1], x.shape[2]))
         b, gh, gw, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, gh * gw, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self._heads(x)
         bias = self.qkv.bias
         if bias is None:
             k_fill = v_fill = x.new_zeros(self.num_heads, c // self.num_heads)
@@ -307,7 +306,24 @@ class SparseAttention(nn.Module):
             v_fill = bias[2 * c :].view(self.num_heads, -1).to(q.dtype)
         rel_pos = self._rel_pos((window, window), q.dtype)
         out = backend.attend_windows(q, k, v, k_fill, v_fill, rel_pos, self.scale, (gh, gw), window)
-        out = self.proj(out.transpose(1, 2).reshape(b, gh, gw, -1))
+        return self._project_out(out, b, gh, gw)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, heads, N, D] of x [B, H, W, C]: strided views of the projection (no copies)."""
+        b, gh, gw, _ = x.shape
+        return self.qkv(x).reshape(b, gh * gw, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _has_qk_norm(self) -> bool:
+        q_norm = getattr(self, "q_norm", None)
+        return q_norm is not None and not isinstance(q_norm, nn.Identity)
+
+    def _project_out(self, out: torch.Tensor, b: int, gh: int, gw: int) -> torch.Tensor:
+        """Attention output [B, heads, N, D] -> heads merged, output projection (and its dropout): [B, H, W, C]."""
+        out = out.transpose(1, 2).reshape(b, gh, gw, -1)
+        attn_drop = getattr(self, "attn_drop", None)
+        if attn_drop is not None and self.training and attn_drop.p > 0:
+            log.warning("attention dropout is not applied by samsparse backends (p=%s)", attn_drop.p)
+        out = self.proj(out)
         proj_drop = getattr(self, "proj_drop", None)
         if proj_drop is not None:
             out = proj_drop(out)
@@ -318,12 +334,9 @@ class SparseAttention(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"SparseAttention expects [B, H, W, C] input, got {tuple(x.shape)}")
         b, gh, gw, _ = x.shape
-        n = gh * gw
-        # q, k, v: [B, heads, N, D], strided views of the projection (no copies)
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        q_norm = getattr(self, "q_norm", None)
-        if q_norm is not None and not isinstance(q_norm, nn.Identity):
-            q, k = q_norm(q), self.k_norm(k)
+        q, k, v = self._heads(x)
+        if self._has_qk_norm():
+            q, k = self.q_norm(q), self.k_norm(k)
         rel_pos = self._rel_pos((gh, gw), q.dtype)
         mask = self.mask_source.get((gh, gw), self.num_heads, q, k)
         backend, checked = self._backend_for(q, k, v, mask, rel_pos)
@@ -331,12 +344,4 @@ class SparseAttention(nn.Module):
             out = backend._attend(q, k, v, mask, rel_pos, self.scale, False)
         else:
             out = backend.attend(q, k, v, mask, rel_pos, self.scale)
-        out = out.transpose(1, 2).reshape(b, gh, gw, -1)
-        attn_drop = getattr(self, "attn_drop", None)
-        if attn_drop is not None and self.training and attn_drop.p > 0:
-            log.warning("attention dropout is not applied by samsparse backends (p=%s)", attn_drop.p)
-        out = self.proj(out)
-        proj_drop = getattr(self, "proj_drop", None)
-        if proj_drop is not None:
-            out = proj_drop(out)
-        return out
+        return self._project_out(out, b, gh, gw)

@@ -368,6 +368,12 @@ def _worker(out_path: str, only: set[str] | None) -> None:
     results: dict[str, dict] = {}
     if not tk.INTERPRET:
         results["_fatal"] = {"ok": False, "problems": ["kernels are not interpreted (TRITON_INTERPRET not honoured)"]}
+    checks = {
+        "compile-fullgraph": _compile_check, "opcheck": _opcheck, "lse-flag": _lse_flag_check,
+        "tables-toeplitz-or-not": _tables_check, "windows-in-place": _windows_check,
+        "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
+        "windows-compile": _windows_compile_check,
+    }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:
         if only and name not in only:
@@ -375,24 +381,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         t0 = time.perf_counter()
         try:
             if case is None:
-                if name.startswith("varlen"):
-                    res = _varlen_check(name)
-                elif name == "compile-fullgraph":
-                    res = _compile_check()
-                elif name == "opcheck":
-                    res = _opcheck()
-                elif name == "tables-toeplitz-or-not":
-                    res = _tables_check()
-                elif name == "windows-in-place":
-                    res = _windows_check()
-                elif name == "windows-block":
-                    res = _windows_block_check()
-                elif name == "windows-opcheck":
-                    res = _windows_opcheck()
-                elif name == "windows-compile":
-                    res = _windows_compile_check()
-                else:
-                    res = _lse_flag_check()
+                res = _varlen_check(name) if name.startswith("varlen") else checks[name]()
             else:
                 q, k, v, mask, rel_pos = make_inputs(case)
                 options = {}

@@ -29,7 +29,7 @@ from .ops import (
     _terms_in_program,
     _tracing,
 )
-from ..base import LAYOUT_SEQUENCE, empty_outputs, resolve_scale
+from ..base import LAYOUT_SEQUENCE, check_inputs, empty_outputs, resolve_scale
 
 __all__ = ["window_attention", "window_unsupported_reason"]
 
@@ -103,17 +103,17 @@ _triton_window_op = _register_attention_op("triton_window_attention", _window_im
 
 
 def _check(q, k, v, k_fill, v_fill, grid: tuple[int, int], window: int) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, N, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    b, h, n, d = q.shape
+    """The common q/k/v checks, then what windows in place add: one grid, the fills, the window."""
+    check_inputs(q, k, v, None, None)
+    n = q.shape[2]
     if n != grid[0] * grid[1]:
         raise ValueError(f"q has {n} tokens but the grid {grid[0]}x{grid[1]} has {grid[0] * grid[1]}")
-    if k.shape != v.shape or k.shape[0] != b or k.shape[2] != n or k.shape[3] != d or h % k.shape[1]:
-        raise ValueError(f"k, v must be [B, Hkv, N, D] with H % Hkv == 0 matching q {tuple(q.shape)}, got {tuple(k.shape)}")
-    want = (k.shape[1], d)
+    if k.shape[2] != n:
+        raise ValueError(f"k, v must cover the same {n} grid tokens as q, got {k.shape[2]}")
+    want = (k.shape[1], q.shape[3])
     if tuple(k_fill.shape) != want or tuple(v_fill.shape) != want:
         raise ValueError(f"k_fill / v_fill must be [Hkv, D] = {want}, got {tuple(k_fill.shape)} / {tuple(v_fill.shape)}")
-    for name, t in (("k", k), ("v", v), ("k_fill", k_fill), ("v_fill", v_fill)):
+    for name, t in (("k_fill", k_fill), ("v_fill", v_fill)):
         if t.dtype != q.dtype or t.device != q.device:
             raise TypeError(f"{name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}: use one dtype and device")
     if window < 1:
