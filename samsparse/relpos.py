@@ -15,7 +15,7 @@ for the form it needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -65,6 +65,17 @@ def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
     return resized[_relative_index(q_size, k_size, resized.device)]
 
 
+def _tensor_key(t: torch.Tensor) -> tuple | None:
+    """Identity of a tensor's contents for caching (storage, view, dtype, in-place version); None while
+    torch.compile traces or for tensors without storage (nothing is cached then)."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        return (t.device, t.dtype, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 @dataclass
 class RelPos:
     """Decomposed rel-pos bias for one attention call.
@@ -93,6 +104,8 @@ class RelPos:
     rel_h: torch.Tensor | None = None
     rel_w: torch.Tensor | None = None
     toeplitz: bool = False
+    # which q the terms in rel_h / rel_w were computed from by :meth:`terms` (None: given by the caller)
+    _terms_of: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_tables(
@@ -141,12 +154,16 @@ class RelPos:
         """rel_h [B, H, Nq, gh_k] and rel_w [B, H, Nq, gw_k] for q [B, H, Nq, D] (unscaled).
 
         Computed once per q (cached on this object) in q's dtype, exactly as SAM does,
-        unless ``dtype`` asks for another (e.g. float64 for the reference).
+        unless ``dtype`` asks for another (e.g. float64 for the reference). Terms given by
+        the caller are returned as they are; cached terms are recomputed when called with
+        another q (another tensor, or the same one modified in place).
         """
+        key = _tensor_key(q)
         if self.rel_h is not None and self.rel_w is not None:
-            if dtype is None:
-                return self.rel_h, self.rel_w
-            return self.rel_h.to(dtype), self.rel_w.to(dtype)
+            if self._terms_of is None or (key is not None and self._terms_of == key) or not self.has_tables:
+                if dtype is None:
+                    return self.rel_h, self.rel_w
+                return self.rel_h.to(dtype), self.rel_w.to(dtype)
         if not self.has_tables:
             raise ValueError("RelPos has neither terms nor tables")
         cache = dtype is None
@@ -156,8 +173,8 @@ class RelPos:
         r_q = q.to(dtype).reshape(b, h, gh, gw, d)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, self.rh.to(dtype)).reshape(b, h, nq, -1)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, self.rw.to(dtype)).reshape(b, h, nq, -1)
-        if cache:
-            self.rel_h, self.rel_w = rel_h, rel_w
+        if cache and key is not None:
+            self.rel_h, self.rel_w, self._terms_of = rel_h, rel_w, key
         return rel_h, rel_w
 
     def bias(self, q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -231,3 +231,26 @@ def test_check_varlen_args_shared_by_the_kernel_backends():
     for args, message in bad:
         with pytest.raises(ValueError, match=message):
             check_varlen_args(*args)
+
+
+def test_relpos_terms_cache_follows_q():
+    """Terms cached by RelPos.terms belong to one q: another q (or q changed in place) gets its own terms."""
+    g = torch.Generator().manual_seed(3)
+    tables = torch.randn(2, 7, 8, generator=g)
+    rp = RelPos.from_tables(tables[0], tables[1], (4, 4))
+    q1 = torch.randn(1, 2, 16, 8, generator=g)
+    q2 = torch.randn(1, 2, 16, 8, generator=g)
+
+    def fresh(q):
+        return RelPos.from_tables(tables[0], tables[1], (4, 4)).terms(q)
+
+    h1, w1 = rp.terms(q1)
+    assert rp.terms(q1)[0] is h1  # cached for the same q
+    h2, w2 = rp.terms(q2)
+    assert torch.equal(h2, fresh(q2)[0]) and torch.equal(w2, fresh(q2)[1])
+    assert not torch.equal(h2, h1)
+    q2.mul_(2.0)  # in place: the cached terms are stale
+    assert torch.equal(rp.terms(q2)[0], fresh(q2)[0])
+    # terms given by the caller are the caller's, whatever q is
+    given = RelPos((4, 4), (4, 4), rel_h=h1, rel_w=w1)
+    assert given.terms(q2)[0] is h1

@@ -14,7 +14,7 @@ SH_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 # scripts that only make sense on a GPU; without one they must say so (exit 2), not crash
 GPU_ONLY = {
     "first_call_encoder.py", "profile_encoder.py", "profile_kernels.py", "profile_host.py", "cuda_memcheck_case.py",
-    "bench_linear_act.py", "sweep_window_configs.py", "sweep_maxnreg.py",
+    "bench_linear_act.py", "sweep_window_configs.py", "sweep_maxnreg.py", "check_wgmma_serialization.py",
 }
 
 
