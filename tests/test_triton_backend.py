@@ -37,7 +37,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile",
+    "windows-compile", "fixed-offset",
 ]
 
 
@@ -189,6 +189,93 @@ def _tables_check() -> dict:
         if used != [want_in_program]:
             problems.append(f"{name} tables: in-program terms used = {used}, want [{want_in_program}]")
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
+
+
+def _fixed_offset_check() -> dict:
+    """Key-row mode in bf16 takes the fixed-offset pass; rows it cannot hold exactly are redone.
+
+    Besides ordinary inputs: height terms that span far more than the pass allows (rel_h table x40)
+    and a later key row whose logits are far above every logit of step 0 (its keys x30). Masked
+    calls keep the running-max loop.
+    The pass alone would overflow on the two extreme inputs; the redo must give the running-max
+    loop's result exactly.
+    """
+    import os
+
+    from samsparse.backends.reference import reference_attention
+    from samsparse.backends.triton import ops
+    from samsparse.masks import BlockMask
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator().manual_seed(21)
+    grid, d, n = (4, 32), 32, 128
+    q, k, v = (torch.randn(1, 2, n, d, generator=g).bfloat16() for _ in range(3))
+    tab_h, tab_w = 0.3 * torch.randn(7, d, generator=g), 0.3 * torch.randn(63, d, generator=g)
+    k_far = k.clone()
+    k_far[:, :, -32:] *= 30
+    blocks = torch.rand(1, 2, 2, 2, generator=g) < 0.7
+    blocks[:, :, 0, 0] = True
+    mask = BlockMask(blocks, 64, n)
+    inputs = {
+        "ordinary": (k, tab_h, None),
+        "wide-height-terms": (k, 40 * tab_h, None),
+        "far-later-logits": (k_far, tab_h, None),
+        "sparse (not used)": (k, tab_h, mask),
+    }
+    problems, worst = [], 0.0
+    previous = os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET")
+    launcher = ops._ATTN_LAUNCHER
+    flagged = []  # programs flagged for the redo launch, per fixed-offset launch
+
+    class Spy:
+        def __call__(self, grid, tensors, floats, ints, constexprs, plan_key, device):
+            launcher(grid, tensors, floats, ints, constexprs, plan_key, device)
+            if constexprs["FIXED_M"]:
+                flagged.append(int(tensors[-1].sum()))
+
+    ops._ATTN_LAUNCHER = Spy()
+    try:
+        for name, (kk, th, m) in inputs.items():
+            outs = {}
+            for flag in ("1", "0"):
+                os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = flag
+                ops._PLANS.clear()
+                flagged.clear()
+                outs[flag] = ops.attention(q, kk, v, m, RelPos.from_tables(th, tab_w, grid))
+                if flag == "1" and m is None:
+                    redone = name != "ordinary"
+                    if flagged != [flagged[0]] or (flagged[0] > 0) != redone:
+                        problems.append(f"{name}: programs flagged for the redo {flagged}, want {'some' if redone else 'none'}")
+                # (FIXED_M, REDO) of the launches: the pass and the redo launch, or one running-max launch
+                launches = sorted((p.constexprs["FIXED_M"], p.constexprs["REDO"]) for p in ops._PLANS.values())
+                want = [(0, 1), (1, 0)] if flag == "1" and m is None else [(0, 0)]
+                if launches != want:
+                    problems.append(f"{name}: (FIXED_M, REDO) of the launches {launches}, want {want}")
+            out, lse = outs["1"]
+            out0, lse0 = outs["0"]
+            # the same softmax as the running-max loop, up to fp32 rounding of the partial sums
+            diff = float((out.float() - out0.float()).abs().max() / out0.float().abs().max())
+            worst = max(worst, diff)
+            if not diff <= 1e-2:
+                problems.append(f"{name}: rel diff {diff:.2e} from the running-max loop")
+            fin = torch.isfinite(lse0)
+            if not torch.equal(torch.isfinite(lse), fin) or float((lse[fin] - lse0[fin]).abs().max()) > 1e-3:
+                problems.append(f"{name}: LSE differs from the running-max loop's")
+            if name != "wide-height-terms":  # (x40 terms rounded to bf16 as SAM's einsum: far from float64)
+                ref = reference_attention(q, kk, v, m, RelPos.from_tables(th, tab_w, grid))
+                err = float((out.float() - ref.float()).abs().max() / ref.float().abs().max())
+                if not err <= 2e-2:
+                    problems.append(f"{name}: rel err {err:.2e} against the reference")
+            if name in ("wide-height-terms", "far-later-logits") and not torch.equal(out, outs["0"][0]):
+                problems.append(f"{name}: not redone by the running-max loop (output differs from it)")
+    finally:
+        ops._ATTN_LAUNCHER = launcher
+        if previous is None:
+            os.environ.pop("SAMSPARSE_TRITON_FIXED_OFFSET", None)
+        else:
+            os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = previous
+        ops._PLANS.clear()
+    return {"case": "fixed-offset", "ok": not problems, "problems": problems, "err": worst}
 
 
 def _windows_check() -> dict:
@@ -372,7 +459,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "compile-fullgraph": _compile_check, "opcheck": _opcheck, "lse-flag": _lse_flag_check,
         "tables-toeplitz-or-not": _tables_check, "windows-in-place": _windows_check,
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
-        "windows-compile": _windows_compile_check,
+        "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
     }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:

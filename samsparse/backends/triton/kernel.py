@@ -26,6 +26,12 @@ made of whole key-grid rows, every step of the loop is exactly 1 or 2 key rows
 term is one coalesced ``[BLOCK_M]`` vector per row; with one row per step it is
 folded into the row max, so the bias costs one FMA per logit.
 
+Fixed offset (``FIXED_M``, dense key-row mode, bf16/fp32): :func:`_fixed_offset_pass` takes each
+row's softmax offset from step 0 and keeps it, so a logit costs one FMA and one exp2 (no row max,
+no max subtraction); the height term rides on the per-row rescale of the running sums. Programs
+whose sums leave [2^-100, 2^100] (logits ~70 nats above all of step 0's) are flagged, and a second
+launch (``REDO``) recomputes just those with the running max.
+
 One-hot bias (``REL_DOT``): for small key grids (1: up to 16x16, SAM's windows)
 and small tiles of the tiles layout (2) the bias is two tensor-core products,
 ``rel_h[:, rows] @ onehot(row(k)) + rel_w[:, cols] @ onehot(col(k))`` (K = 16
@@ -193,6 +199,103 @@ def _tile_slices(relh_rows, relw_rows, j, NTW, shr, swc, offs_rh, offs_rw, q_ok,
 
 
 @triton.jit
+def _fixed_offset_pass(
+    q1, q2, k_base, v_base, skn, skd, svn, svd,
+    offs_n, offs_d1, offs_d2, dmask1, dmask2,
+    relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
+    RGW: tl.constexpr, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Key-row mode (one key-grid row per step) with the softmax offset fixed after step 0.
+
+    The row max of step 0's logits (without the height term) is each row's offset ``m0``; every
+    step then takes ``p = exp2(qk * scale + (rel_w - m0))``: one FMA and one exp2 per logit, no row
+    max and no max subtraction. The height term ``rel_h[q, row]`` is constant over a step, so it is
+    carried by the unit of the running sums: after step t they are rescaled by
+    ``exp2(rel_h_t - rel_h_{t+1})`` (a per-row factor, like the online softmax's rescale), and end
+    in the unit of step 0. The result is the same softmax; only the magnitudes of the partial sums
+    differ. Every ``p`` of a step is at most the running sum ``l`` after it, and every partial
+    output at most ``l * max|v|``; a term too small for fp32 when it is added is below 2^-100 of
+    ``l`` then, and the rescales keep those proportions. So the pass is exact to fp32 rounding
+    while ``l`` stays within [2^-100, 2^100] at every step (step 0's largest term is exactly 1).
+    A row whose ``l`` left that range (a later logit ~70 nats above all of step 0's, or height
+    terms swinging as far) is flagged (``n_bad``: also rows without any key) and the caller
+    recomputes the flagged programs with the running-max softmax.
+
+    Returns (acc1, acc2, l, m, n_bad): sums in the unit 2^m (m = m0 + rel_h of step 0, log2).
+    """
+    # ---- step 0: the offset
+    j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+    row0 = j0 * SUB_N + sub0
+    k_tok0 = row0 * RGW + offs_n
+    k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
+    k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
+    k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
+    qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
+    if D2 > 0:
+        k02 = tl.load(k_rows0 + (D1 + offs_d2)[None, :] * skd, mask=k_use0[:, None] & dmask2[None, :], other=0.0)
+        qk0 = _dot(q2, tl.trans(k02), qk0, IEEE, UPCAST)
+    m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
+    m0 = tl.where(m0 == float("-inf"), 0.0, m0)
+    w_off = relw_tile - m0[:, None]
+    h0 = tl.load(relh_rows + row0 * shr, mask=q_ok & (total > 0) & (row0 * RGW < nk), other=0.0)
+    h0 = h0.to(tl.float32) * 1.4426950408889634
+    h_nxt = h0
+    l_lo = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)  # smallest / largest running sum
+    l_hi = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
+    if D2 > 0:
+        acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
+    for t in range(0, total):
+        h_cur = h_nxt
+        # the next step's height term (step 0's after the last step: the sums end in its unit)
+        j1, sub1 = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        row1 = j1 * SUB_N + sub1
+        h_nxt = tl.load(relh_rows + row1 * shr, mask=q_ok & (t + 1 < total) & (row1 * RGW < nk), other=0.0)
+        h_nxt = tl.where(t + 1 < total, h_nxt.to(tl.float32) * 1.4426950408889634, h0)
+
+        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        k_tok = (j * SUB_N + sub) * RGW + offs_n
+        k_ok = (offs_n < RGW) & (k_tok < nk)
+        k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
+        k1 = _load_2d(k_rows + offs_d1[None, :] * skd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+        qk = _dot(q1, tl.trans(k1), None, IEEE, UPCAST)
+        if D2 > 0:
+            k2 = _load_2d(k_rows + (D1 + offs_d2)[None, :] * skd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+            qk = _dot(q2, tl.trans(k2), qk, IEEE, UPCAST)
+        s = qk * qk_scale + w_off
+        if not EVEN_K:
+            s = tl.where(k_ok[None, :], s, float("-inf"))
+        p = tl.exp2(s)
+        l_i = l_i + tl.sum(p, 1)
+        l_hi = tl.maximum(l_hi, l_i)  # bounds every p and (times max |v|) every partial output
+
+        v_rows = v_base + k_tok.to(tl.int64)[:, None] * svn
+        v1 = _load_2d(v_rows + offs_d1[None, :] * svd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+        acc1 = _dot(p.to(v1.dtype), v1, acc1, IEEE, UPCAST)
+        if D2 > 0:
+            v2 = _load_2d(v_rows + (D1 + offs_d2)[None, :] * svd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+            acc2 = _dot(p.to(v2.dtype), v2, acc2, IEEE, UPCAST)
+        # the sums move to the next step's unit
+        beta = tl.exp2(h_cur - h_nxt)
+        l_i = l_i * beta
+        l_lo = tl.minimum(l_lo, l_i)
+        l_hi = tl.maximum(l_hi, l_i)
+        acc1 = acc1 * beta[:, None]
+        if D2 > 0:
+            acc2 = acc2 * beta[:, None]
+
+    ok = (l_hi <= 1.2676506002282294e30) & (l_lo >= 7.888609052210118e-31)  # 2^100, 2^-100
+    n_bad = tl.sum((q_ok & (ok == 0)).to(tl.int32), 0)
+    if D2 == 0:
+        acc2 = acc1  # placeholder, unused
+    return acc1, acc2, l_i, m0 + h0, n_bad
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     KV_NUM, KV_IDX, HEAD_MASK,
@@ -200,6 +303,7 @@ def _attn_fwd(
     TABH, TABW,  # gathered rel-pos tables Rh [gh, gh, D], Rw [gw, gw, D] (REL_TAB: terms computed here)
     CU_Q, CU_K,
     KFILL, VFILL,  # WIN: key / value of a padding token (the qkv bias) [Hkv, D]
+    FLAGS,  # FIXED_M: written, one int32 per program (1: redo); REDO: read (0: nothing to do)
     qk_scale,  # softmax scale * log2(e)
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
@@ -236,6 +340,8 @@ def _attn_fwd(
     MK: tl.constexpr,  # number of key blocks (mask row length)
     MK_PAD: tl.constexpr,  # next power of two >= MK
     WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
+    FIXED_M: tl.constexpr = 0,  # key-row mode (ROWS == 1): softmax offset fixed after step 0 (_fixed_offset_pass)
+    REDO: tl.constexpr = 0,  # the running-max launch after a FIXED_M one: only the programs it flagged
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -295,6 +401,10 @@ def _attn_fwd(
         offs_d2 = tl.arange(0, D2)
         dmask2 = (offs_d2 + D1) < HEAD_DIM
 
+    flag_ptr = FLAGS + pid_bh * tl.num_programs(0) + pid_m
+    if REDO:
+        go = tl.load(flag_ptr) != 0
+        q_ok = q_ok & go  # (REDO plans are not EVEN_Q: every load and store of the program is masked)
     q_rows = Q + b64 * sqb + h64 * sqh + (q_start + q_tok.to(tl.int64))[:, None] * sqn
     q1 = _load_2d(q_rows + offs_d1[None, :] * sqd, q_ok[:, None] & dmask1[None, :], EVEN_Q and EVEN_D1)
     if D2 > 0:
@@ -385,6 +495,8 @@ def _attn_fwd(
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
 
     total = n_kv * SUB_N
+    if REDO:
+        total = tl.where(go, total, 0)
     if WIN > 0:
         total = tl.where(tl.max(q_ok.to(tl.int32), 0) > 0, total, 0)  # all queries padding: nothing to do
     if HAS_REL and REL_DOT == 2:
@@ -411,122 +523,141 @@ def _attn_fwd(
                 relh_rows, relw_rows, b_row0, b_col0, shr, swc, q_ok[:, None] & k_ok0[None, :] & (total > 0)
             )
 
-    for t in range(0, total):
-        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-        k_tok, k_ok, b_row, b_col = _key_coords(
-            j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+    if FIXED_M:
+        if D2 == 0:  # placeholders for the pass's unused second-half arguments
+            q2 = q1
+            offs_d2 = offs_d1
+            dmask2 = dmask1
+        acc1, f_acc2, l_i, m_i, n_bad = _fixed_offset_pass(
+            q1, q2, k_base, v_base, skn, skd, svn, svd,
+            offs_n, offs_d1, offs_d2, dmask1, dmask2,
+            relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
+            RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST,
         )
-        if HAS_REL and REL_DOT == 2:
-            # this step's tile slices of rel_h / rel_w; the next step's are loaded now
-            relh_q = relh_nxt
-            relw_q = relw_nxt
-            j1, _ = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-            relh_nxt, relw_nxt = _tile_slices(
-                relh_rows, relw_rows, j1, NTW, shr, swc, offs_rh, offs_rw, q_ok & (t + 1 < total), TH, TW, RGH, RGW
+        if D2 > 0:
+            acc2 = f_acc2
+        # a flagged program is recomputed by the running-max launch that follows (ops._launch);
+        # keeping that loop out of this kernel keeps its registers at the pass's own need
+        tl.store(flag_ptr, (n_bad > 0).to(tl.int32))
+
+    if not FIXED_M:
+        # online softmax with a running max (every mode but the fixed-offset pass)
+        for t in range(0, total):
+            j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+            k_tok, k_ok, b_row, b_col = _key_coords(
+                j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
             )
-            n_in = sub * BLOCK_N + offs_n
-            oh_row = n_in // TW  # key row / column inside the tile
-            oh_col = n_in % TW
-        elif HAS_REL and REL_DOT == 1:
-            oh_row = b_row
-            oh_col = b_col
-        if HAS_REL and REL_DOT == 0:
-            t1 = t + 1
-            j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-            _, k_ok1, b_row1, b_col1 = _key_coords(
-                j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
-            )
-            if ROWS > 0:
-                relh = relh_nxt
-                relh_nxt = tl.load(relh_rows + b_row1 * shr, mask=q_ok & (t1 < total) & (b_row1 * RGW < nk), other=0.0)
-                relh_nxt = relh_nxt.to(tl.float32) * 1.4426950408889634
-                if ROWS == 2:
-                    relh2 = relh2_nxt
-                    relh2_nxt = tl.load(
-                        relh_rows + (b_row1 + 1) * shr, mask=q_ok & (t1 < total) & ((b_row1 + 1) * RGW < nk), other=0.0
-                    )
-                    relh2_nxt = relh2_nxt.to(tl.float32) * 1.4426950408889634
-            else:
-                bias = bias_nxt
-                bias_nxt = _gather_bias(
-                    relh_rows, relw_rows, b_row1, b_col1, shr, swc, q_ok[:, None] & k_ok1[None, :] & (t1 < total)
+            if HAS_REL and REL_DOT == 2:
+                # this step's tile slices of rel_h / rel_w; the next step's are loaded now
+                relh_q = relh_nxt
+                relw_q = relw_nxt
+                j1, _ = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+                relh_nxt, relw_nxt = _tile_slices(
+                    relh_rows, relw_rows, j1, NTW, shr, swc, offs_rh, offs_rw, q_ok & (t + 1 < total), TH, TW, RGH, RGW
                 )
+                n_in = sub * BLOCK_N + offs_n
+                oh_row = n_in // TW  # key row / column inside the tile
+                oh_col = n_in % TW
+            elif HAS_REL and REL_DOT == 1:
+                oh_row = b_row
+                oh_col = b_col
+            if HAS_REL and REL_DOT == 0:
+                t1 = t + 1
+                j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+                _, k_ok1, b_row1, b_col1 = _key_coords(
+                    j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
+                )
+                if ROWS > 0:
+                    relh = relh_nxt
+                    relh_nxt = tl.load(relh_rows + b_row1 * shr, mask=q_ok & (t1 < total) & (b_row1 * RGW < nk), other=0.0)
+                    relh_nxt = relh_nxt.to(tl.float32) * 1.4426950408889634
+                    if ROWS == 2:
+                        relh2 = relh2_nxt
+                        relh2_nxt = tl.load(
+                            relh_rows + (b_row1 + 1) * shr, mask=q_ok & (t1 < total) & ((b_row1 + 1) * RGW < nk), other=0.0
+                        )
+                        relh2_nxt = relh2_nxt.to(tl.float32) * 1.4426950408889634
+                else:
+                    bias = bias_nxt
+                    bias_nxt = _gather_bias(
+                        relh_rows, relw_rows, b_row1, b_col1, shr, swc, q_ok[:, None] & k_ok1[None, :] & (t1 < total)
+                    )
 
-        if WIN > 0:
-            k_lr = k_tok // WIN
-            k_lc = k_tok - k_lr * WIN
-            k_real = k_ok & (w_y + k_lr < IGH) & (w_x + k_lc < IGW)
-            k_tok = (w_y + k_lr) * IGW + (w_x + k_lc)
-        k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
-        if WIN > 0:
-            k_rows = tl.where(k_real[:, None], k_rows, k_fill_row)
-        k1 = _load_2d(k_rows + offs_d1[None, :] * skd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
-        qk = _dot(q1, tl.trans(k1), None, IEEE, UPCAST)
-        if D2 > 0:
-            k2 = _load_2d(k_rows + (D1 + offs_d2)[None, :] * skd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
-            qk = _dot(q2, tl.trans(k2), qk, IEEE, UPCAST)
+            if WIN > 0:
+                k_lr = k_tok // WIN
+                k_lc = k_tok - k_lr * WIN
+                k_real = k_ok & (w_y + k_lr < IGH) & (w_x + k_lc < IGW)
+                k_tok = (w_y + k_lr) * IGW + (w_x + k_lc)
+            k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
+            if WIN > 0:
+                k_rows = tl.where(k_real[:, None], k_rows, k_fill_row)
+            k1 = _load_2d(k_rows + offs_d1[None, :] * skd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+            qk = _dot(q1, tl.trans(k1), None, IEEE, UPCAST)
+            if D2 > 0:
+                k2 = _load_2d(k_rows + (D1 + offs_d2)[None, :] * skd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+                qk = _dot(q2, tl.trans(k2), qk, IEEE, UPCAST)
 
-        # logits in the log2 domain: s = qk * scale*log2(e) + bias*log2(e); the scale multiply
-        # is fused with the bias add (FMA) or, without bias, with the max subtraction below
-        if HAS_REL and REL_DOT > 0:
-            # bias[q, k] = rel_h[q, row(k)] + rel_w[q, col(k)] as two one-hot products, accumulated
-            # onto the scaled logits in fp32 (exact: each logit gains exactly two terms)
-            if UPCAST:  # the interpreter's bool -> bf16 cast is wrong; the dot runs in fp32 anyway
-                onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(tl.float32)
-                onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(tl.float32)
+            # logits in the log2 domain: s = qk * scale*log2(e) + bias*log2(e); the scale multiply
+            # is fused with the bias add (FMA) or, without bias, with the max subtraction below
+            if HAS_REL and REL_DOT > 0:
+                # bias[q, k] = rel_h[q, row(k)] + rel_w[q, col(k)] as two one-hot products, accumulated
+                # onto the scaled logits in fp32 (exact: each logit gains exactly two terms)
+                if UPCAST:  # the interpreter's bool -> bf16 cast is wrong; the dot runs in fp32 anyway
+                    onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(tl.float32)
+                    onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(tl.float32)
+                else:
+                    onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(relh_q.dtype)
+                    onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(relw_q.dtype)
+                s = _dot(relh_q, onehot_h, qk * sm_scale, IEEE, UPCAST)
+                s = _dot(relw_q, onehot_w, s, IEEE, UPCAST)
+            elif HAS_REL:
+                if ROWS == 1:
+                    # the height term is constant over the step (one key row): it goes into the
+                    # row max instead of into every logit
+                    s = qk * qk_scale + relw_tile
+                elif ROWS == 2:
+                    s = qk * qk_scale + (relw_tile + tl.where(second_row[None, :], relh2[:, None], relh[:, None]))
+                else:
+                    s = qk * qk_scale + bias
+            elif SCALE_POS:
+                s = qk  # scaled below: max(qk) * scale == max(qk * scale) for scale > 0
             else:
-                onehot_h = (offs_rh[:, None] == oh_row[None, :]).to(relh_q.dtype)
-                onehot_w = (offs_rw[:, None] == oh_col[None, :]).to(relw_q.dtype)
-            s = _dot(relh_q, onehot_h, qk * sm_scale, IEEE, UPCAST)
-            s = _dot(relw_q, onehot_w, s, IEEE, UPCAST)
-        elif HAS_REL:
-            if ROWS == 1:
-                # the height term is constant over the step (one key row): it goes into the
-                # row max instead of into every logit
-                s = qk * qk_scale + relw_tile
-            elif ROWS == 2:
-                s = qk * qk_scale + (relw_tile + tl.where(second_row[None, :], relh2[:, None], relh[:, None]))
+                s = qk * qk_scale
+            if not EVEN_K:
+                s = tl.where(k_ok[None, :], s, float("-inf"))
+
+            # online softmax (base 2); a row with no valid key so far keeps m = -inf
+            if HAS_REL and REL_DOT > 0:
+                m_new = tl.maximum(m_i, tl.max(s, 1) * 1.4426950408889634)
+            elif HAS_REL and ROWS == 1:
+                m_new = tl.maximum(m_i, tl.max(s, 1) + relh)
+            elif (not HAS_REL) and SCALE_POS:
+                m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
             else:
-                s = qk * qk_scale + bias
-        elif SCALE_POS:
-            s = qk  # scaled below: max(qk) * scale == max(qk * scale) for scale > 0
-        else:
-            s = qk * qk_scale
-        if not EVEN_K:
-            s = tl.where(k_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            if HAS_REL and REL_DOT > 0:
+                p = tl.exp2(s * 1.4426950408889634 - m_use[:, None])
+            elif HAS_REL and ROWS == 1:
+                p = tl.exp2(s - (m_use - relh)[:, None])
+            elif (not HAS_REL) and SCALE_POS:
+                p = tl.exp2(s * qk_scale - m_use[:, None])
+            else:
+                p = tl.exp2(s - m_use[:, None])
+            alpha = tl.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
 
-        # online softmax (base 2); a row with no valid key so far keeps m = -inf
-        if HAS_REL and REL_DOT > 0:
-            m_new = tl.maximum(m_i, tl.max(s, 1) * 1.4426950408889634)
-        elif HAS_REL and ROWS == 1:
-            m_new = tl.maximum(m_i, tl.max(s, 1) + relh)
-        elif (not HAS_REL) and SCALE_POS:
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if HAS_REL and REL_DOT > 0:
-            p = tl.exp2(s * 1.4426950408889634 - m_use[:, None])
-        elif HAS_REL and ROWS == 1:
-            p = tl.exp2(s - (m_use - relh)[:, None])
-        elif (not HAS_REL) and SCALE_POS:
-            p = tl.exp2(s * qk_scale - m_use[:, None])
-        else:
-            p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-        v_rows = v_base + k_tok.to(tl.int64)[:, None] * svn
-        if WIN > 0:
-            v_rows = tl.where(k_real[:, None], v_rows, v_fill_row)
-        v1 = _load_2d(v_rows + offs_d1[None, :] * svd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
-        acc1 = acc1 * alpha[:, None]
-        acc1 = _dot(p.to(v1.dtype), v1, acc1, IEEE, UPCAST)
-        if D2 > 0:
-            v2 = _load_2d(v_rows + (D1 + offs_d2)[None, :] * svd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
-            acc2 = acc2 * alpha[:, None]
-            acc2 = _dot(p.to(v2.dtype), v2, acc2, IEEE, UPCAST)
+            v_rows = v_base + k_tok.to(tl.int64)[:, None] * svn
+            if WIN > 0:
+                v_rows = tl.where(k_real[:, None], v_rows, v_fill_row)
+            v1 = _load_2d(v_rows + offs_d1[None, :] * svd, k_ok[:, None] & dmask1[None, :], EVEN_K and EVEN_D1)
+            acc1 = acc1 * alpha[:, None]
+            acc1 = _dot(p.to(v1.dtype), v1, acc1, IEEE, UPCAST)
+            if D2 > 0:
+                v2 = _load_2d(v_rows + (D1 + offs_d2)[None, :] * svd, k_ok[:, None] & dmask2[None, :], EVEN_K and EVEN_D2)
+                acc2 = acc2 * alpha[:, None]
+                acc2 = _dot(p.to(v2.dtype), v2, acc2, IEEE, UPCAST)
 
     # ---------------------------------------------------------------- epilogue
     empty = l_i == 0.0

@@ -226,6 +226,20 @@ class _Geometry:
                 return 2
         return 0
 
+    def fixed_offset(self) -> bool:
+        """Key-row mode with the softmax offset fixed after step 0 (``kernel._fixed_offset_pass``).
+
+        Dense calls only: with few key steps per program (sparse masks) the extra product of step 0
+        costs more than the pass saves (H200: +4% at p = .25, -8% at p = 1). bf16 and fp32 only: their P operand has fp32's exponent range, which the fixed offset's
+        partial sums need (fp16's does not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off.
+        """
+        return (
+            self.rows_block_n() is not None
+            and not self.masked
+            and self.dtype in (torch.bfloat16, torch.float32)
+            and os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET", "1") != "0"
+        )
+
     def rows_block_n(self) -> int | None:
         """BLOCK_N of the key-row mode, or None when that mode does not apply."""
         if not self.has_rel or self.layout != LAYOUT_SEQUENCE:
@@ -248,7 +262,8 @@ class _Geometry:
             bq=self.block_q,
             bk=self.block_k,
             tile=f"{self.tile[0]}x{self.tile[1]}",
-            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}:dot{self.rel_dot()}{':tab' if self.rel_tables else ''}",
+            rel=f"{int(self.has_rel)}:{self.rel_k_grid[1]}:dot{self.rel_dot()}{':tab' if self.rel_tables else ''}"
+            f"{':fx' if self.fixed_offset() else ''}",
             gqa=int(self.heads != self.kv_heads),
             varlen=int(self.varlen),
             nq=self.nq,
@@ -281,7 +296,7 @@ class _Plan:
 _PLANS: dict = {}
 
 
-def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
+def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
     kern = _kernels()
     b, h = geo.batch, geo.heads
     nq, nk = geo.nq, geo.nk
@@ -348,6 +363,8 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
     if win:
         # windows in place: queries and keys are gathered from the image grid, always masked
         even_q = even_k = False
+    if redo:
+        even_q = False  # the program's loads and stores are masked by its redo flag
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
@@ -362,6 +379,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool) -> _Plan:
         UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
         BLOCK_M=block_m, BLOCK_N=block_n,
         MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
+        FIXED_M=int(rows == 1 and geo.fixed_offset() and not redo), REDO=int(redo),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
@@ -384,6 +402,11 @@ def _launch(
     if plan is None:
         plan = _PLANS[key] = _make_plan(geo, cfg, qk_scale > 0)
     dummy = q
+    flags = None
+    if plan.constexprs["FIXED_M"]:
+        # the fixed-offset pass flags the programs whose rows it cannot hold exactly; a second launch
+        # (running max, same config) recomputes just those (the others return at once)
+        flags = torch.empty(plan.grid[0] * plan.grid[1], dtype=torch.int32, device=q.device)
     if kv_num is not None:
         sn = tuple(_bcast_strides(kv_num))
         si = (*_bcast_strides(kv_idx)[:3], kv_idx.stride(3))
@@ -406,10 +429,17 @@ def _launch(
         rel_h, rel_w, tab_h, tab_w,
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
         k_fill if k_fill is not None else dummy, v_fill if v_fill is not None else dummy,
+        flags if flags is not None else dummy,
     )
     sf = k_fill.stride(0) if k_fill is not None else 0
     ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, sf, *plan.ints)
     _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
+    if flags is not None:
+        redo_key = (*key, "redo")
+        redo = _PLANS.get(redo_key)
+        if redo is None:
+            redo = _PLANS[redo_key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
+        _ATTN_LAUNCHER(redo.grid, tensors, (qk_scale,), ints, redo.constexprs, redo_key, q.device)
 
 
 def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, head_dim: int, dtype) -> bool:
