@@ -133,7 +133,8 @@ class RelPos:
             raise ValueError(f"rel_pos q_grid {gq} has {gq[0] * gq[1]} tokens but q has Nq={nq}")
         if gk[0] * gk[1] != nk:
             raise ValueError(f"rel_pos k_grid {gk} has {gk[0] * gk[1]} tokens but k has Nk={nk}")
-        if self.rel_h is not None or self.rel_w is not None:
+        cached = self._terms_of is not None and self.has_tables  # terms() cached them: the tables rule
+        if (self.rel_h is not None or self.rel_w is not None) and not cached:
             if self.rel_h is None or self.rel_w is None:
                 raise ValueError("rel_pos needs both rel_h and rel_w terms, or neither")
             want_h, want_w = (b, h, nq, gk[0]), (b, h, nq, gk[1])
@@ -159,11 +160,11 @@ class RelPos:
         another q (another tensor, or the same one modified in place).
         """
         key = _tensor_key(q)
-        if self.rel_h is not None and self.rel_w is not None:
-            if self._terms_of is None or (key is not None and self._terms_of == key) or not self.has_tables:
-                if dtype is None:
-                    return self.rel_h, self.rel_w
-                return self.rel_h.to(dtype), self.rel_w.to(dtype)
+        ready = self.ready_terms(q)
+        if ready is not None:
+            if dtype is None:
+                return ready
+            return ready[0].to(dtype), ready[1].to(dtype)
         if not self.has_tables:
             raise ValueError("RelPos has neither terms nor tables")
         cache = dtype is None
@@ -176,6 +177,18 @@ class RelPos:
         if cache and key is not None:
             self.rel_h, self.rel_w, self._terms_of = rel_h, rel_w, key
         return rel_h, rel_w
+
+    def ready_terms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The terms held for q without computing anything: the caller's, or those :meth:`terms`
+        cached for this very q (same tensor, not modified since); None when there are none."""
+        if self.rel_h is None or self.rel_w is None:
+            return None
+        if self._terms_of is None or not self.has_tables:
+            return self.rel_h, self.rel_w
+        key = _tensor_key(q)
+        if key is not None and self._terms_of == key:
+            return self.rel_h, self.rel_w
+        return None
 
     def bias(self, q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Materialised additive bias [B, H, Nq, Nk] (what SDPA-with-bias needs)."""

@@ -254,3 +254,32 @@ def test_relpos_terms_cache_follows_q():
     # terms given by the caller are the caller's, whatever q is
     given = RelPos((4, 4), (4, 4), rel_h=h1, rel_w=w1)
     assert given.terms(q2)[0] is h1
+    assert given.ready_terms(q2)[0] is h1
+    # ready_terms: only what is held for this q; validate checks the tables, not terms cached for another batch
+    assert rp.ready_terms(q1) is None and rp.ready_terms(q2)[0] is rp.rel_h
+    q8 = torch.randn(3, 2, 16, 8, generator=g)
+    rp.validate(q8, 16)
+    assert torch.equal(rp.terms(q8)[0], fresh(q8)[0])
+
+
+def test_triton_op_does_not_use_terms_cached_for_another_q(monkeypatch):
+    """ops.attention passes the tables (the kernel computes the terms) unless the terms belong to q."""
+    pytest.importorskip("triton")
+    from samsparse.backends.triton import ops
+
+    seen = []
+
+    def fake_impl(q, k, v, kv_num, kv_idx, rel_h, rel_w, rh, rw, *rest):
+        seen.append((rel_h, rh))
+        return q, q[..., 0]
+
+    monkeypatch.setattr(ops, "_attention_impl", fake_impl)
+    g = torch.Generator().manual_seed(4)
+    tables = torch.randn(2, 7, 8, generator=g)
+    rp = RelPos.from_tables(tables[0], tables[1], (4, 4))
+    q1, q2 = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(2))
+    cached_h, _ = rp.terms(q1)  # e.g. an earlier call through another backend
+    ops.attention(q2, q2, q2, None, rp)
+    assert seen[-1][0] is None and seen[-1][1] is not None  # tables, not q1's terms
+    ops.attention(q1, q1, q1, None, rp)
+    assert seen[-1][0] is cached_h  # q1's own cached terms are used

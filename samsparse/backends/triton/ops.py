@@ -659,8 +659,9 @@ def attention(
     toeplitz = 0
     if rel_pos is not None:
         qg, kg = tuple(rel_pos.q_grid), tuple(rel_pos.k_grid)
-        if rel_pos.rel_h is not None and rel_pos.rel_w is not None:
-            rel_h, rel_w = rel_pos.rel_h.to(q.device), rel_pos.rel_w.to(q.device)
+        ready = rel_pos.ready_terms(q)  # (not terms cached by RelPos.terms for another q)
+        if ready is not None:
+            rel_h, rel_w = ready[0].to(q.device), ready[1].to(q.device)
         else:
             rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)
             toeplitz = int(rel_pos.toeplitz)
