@@ -229,9 +229,10 @@ class _Geometry:
     def fixed_offset(self) -> bool:
         """Key-row mode with the softmax offset fixed after step 0 (``kernel._fixed_offset_pass``).
 
-        Dense calls only: with few key steps per program (sparse masks) the extra product of step 0
-        costs more than the pass saves (H200: +4% at p = .25, -8% at p = 1). bf16 and fp32 only: their P operand has fp32's exponent range, which the fixed offset's
-        partial sums need (fp16's does not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off.
+        Dense calls only: with few key steps per program (sparse masks) the pass's extra product of
+        step 0 weighs more, and no clean A/B showed a gain there yet. bf16 and fp32 only: their P
+        operand has fp32's exponent range, which the fixed offset's partial sums need (fp16's does
+        not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off.
         """
         return (
             self.rows_block_n() is not None
