@@ -10,7 +10,8 @@ rel-pos terms and from the tables (terms kernel included), as GPU time of a CUDA
 (median), against SDPA without bias (PyTorch's choice, cuDNN on Hopper) on contiguous q/k/v.
 Two stress inputs show what the redo launch costs: q and k x3 (wide logits) and the height
 table x12 (height terms swinging ~100 nats across key rows, so every program is redone).
-Errors are against a float32 reference with float32 rel-pos terms (first batch element).
+Errors are against a float32 reference with float32 rel-pos terms (first batch element). With
+``--sparse`` also vit_b B=8 under random block masks (the pass is forced on with ``=all``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,27 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from samsparse.backends.triton import ops  # noqa: E402
+from samsparse.masks import BlockMask  # noqa: E402
 from samsparse.backends.triton.configs import TileConfig  # noqa: E402
 from samsparse.relpos import RelPos, gather_rel_pos  # noqa: E402
 
 
-def set_mode(fixed: int) -> None:
-    os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = str(fixed)
+def set_mode(fixed: str) -> None:
+    os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = fixed
     ops._PLANS.clear()
     ops._ATTN_LAUNCHER.cache.clear()
 
 
-def reference(q, k, v, rph, rpw, grid: int, scale: float) -> torch.Tensor:
+def random_mask(h: int, n: int, density: float, seed: int, block: int = 128) -> BlockMask:
+    """Per-head random key blocks of ``block`` tokens (diagonal kept), round(density * blocks) per row."""
+    g = torch.Generator().manual_seed(seed)
+    m = n // block
+    score = torch.rand(1, h, m, m, generator=g) + 2.0 * torch.eye(m)
+    top = score.topk(max(1, round(density * m)), dim=-1).indices
+    return BlockMask(torch.zeros(1, h, m, m, dtype=torch.bool).scatter_(-1, top, True), block, n).to("cuda")
+
+
+def reference(q, k, v, rph, rpw, grid: int, scale: float, mask: BlockMask | None = None) -> torch.Tensor:
     """float32 attention of the first batch element with SAM's bias (terms in float32)."""
     qi, ki, vi = q[:1].float(), k[:1].float(), v[:1].float()
     _, h, n, d = qi.shape
@@ -47,10 +58,12 @@ def reference(q, k, v, rph, rpw, grid: int, scale: float) -> torch.Tensor:
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(1, h, n, grid)
     s = (qi @ ki.transpose(-2, -1)) * scale
     s = (s.view(1, h, n, grid, grid) + rel_h[..., :, None] + rel_w[..., None, :]).flatten(3)
+    if mask is not None:
+        s = s.masked_fill(~mask.to_token_mask("cuda")[:1], float("-inf"))
     return s.softmax(-1) @ vi
 
 
-def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64):
+def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64, density=1.0):
     from triton.testing import do_bench_cudagraph
 
     torch.manual_seed(0)
@@ -66,21 +79,23 @@ def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64)
     terms = RelPos((grid, grid), (grid, grid), rel_h=rel_h, rel_w=rel_w)
     qc, kc, vc = (t.contiguous() for t in (q, k, v))
     sdpa = float(do_bench_cudagraph(lambda: F.scaled_dot_product_attention(qc, kc, vc, scale=scale)))
-    ref = reference(q, k, v, rph, rpw, grid, scale)
-    flops = 4 * b * h * n * n * d
+    mask = None if density >= 1.0 else random_mask(h, n, density, seed=int(density * 1000))
+    on = "1" if mask is None else "all"  # masked calls take the pass only with =all
+    ref = reference(q, k, v, rph, rpw, grid, scale, mask)
+    flops = 4 * b * h * n * n * d * (1.0 if mask is None else mask.density())
     print(f"{label}: SDPA without bias {sdpa:.4f} ms", flush=True)
     for cfg in configs:
         times = {}
         for fixed in (0, 1):
-            set_mode(fixed)
-            out = ops.attention(q, k, v, None, terms, scale, cfg)[0]
+            set_mode(on if fixed else "0")
+            out = ops.attention(q, k, v, mask, terms, scale, cfg)[0]
             err = float((out[:1].float() - ref).abs().max() / ref.abs().max())
-            t_terms = float(do_bench_cudagraph(lambda: ops.attention(q, k, v, None, terms, scale, cfg)))
-            t_tables = float(do_bench_cudagraph(lambda: ops.attention(q, k, v, None, tables, scale, cfg)))
+            t_terms = float(do_bench_cudagraph(lambda: ops.attention(q, k, v, mask, terms, scale, cfg)))
+            t_tables = float(do_bench_cudagraph(lambda: ops.attention(q, k, v, mask, tables, scale, cfg)))
             times[fixed] = t_tables
             regs = [getattr(c, "n_regs", None) for c, _ in ops._ATTN_LAUNCHER.cache.values()]
             name = f"M{cfg.block_m}/N{cfg.block_n}/w{cfg.num_warps}/s{cfg.num_stages}"
-            rows.append(dict(shape=label, config=name, fixed_offset=fixed, ms_terms_ready=t_terms,
+            rows.append(dict(shape=label, density=density, config=name, fixed_offset=fixed, ms_terms_ready=t_terms,
                              ms_tables=t_tables, sdpa_nobias_ms=sdpa, max_rel_err=err, registers=regs))
             print(f"  {name} fixed={fixed}: terms ready {t_terms:.4f} ms ({flops / t_terms / 1e9:.0f} TFLOP/s, "
                   f"x{sdpa / t_terms:.3f} SDPA)  tables {t_tables:.4f} ms (x{sdpa / t_tables:.3f})  "
@@ -91,6 +106,8 @@ def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--sparse", action="store_true",
+                    help="also vit_b B=8 with random masks at p = .5, .25, .1 (the pass forced on with =all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("ab_fixed_offset.py needs a CUDA GPU", file=sys.stderr)
@@ -103,6 +120,9 @@ def main() -> int:
     run_shape("vit_b B=8, height table x12 (all redone)", 8, 12, 64, [c(64, 64, 4, 3)], rows, rel_mult=12.0)
     run_shape("vit_h B=8", 8, 16, 80, [c(128, 64, 4, 3), c(64, 64, 4, 3)], rows)
     run_shape("vit_b B=1", 1, 12, 64, [c(128, 64, 4, 3), c(64, 64, 4, 3)], rows)
+    if args.sparse:
+        for p in (0.5, 0.25, 0.1):
+            run_shape(f"vit_b B=8 p={p}", 8, 12, 64, [c(64, 64, 4, 3), c(128, 64, 4, 3)], rows, density=p)
     os.environ.pop("SAMSPARSE_TRITON_FIXED_OFFSET", None)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))

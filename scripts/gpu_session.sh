@@ -12,6 +12,10 @@
 #              window partition, and the original eager encoder, interleaved rounds
 #   profile    GPU time per kernel group of the compiled vit_b B=8 encoder, dense and 25%
 #   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
+#   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
+#   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
+#              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
+#              into samsparse/backends/triton/tuned/ for this GPU
 #   cuda       scripts/check_cuda_gpu.sh build + bench
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
 set -u
@@ -63,6 +67,14 @@ for stage in "${STAGES[@]}"; do
       run cold 240 env SAMSPARSE_HOME="$cold/home" TORCHINDUCTOR_CACHE_DIR="$cold/inductor" \
           TRITON_CACHE_DIR="$cold/triton" "$PY" scripts/first_call_encoder.py --model vit_b --batch 8 \
           --json "$OUT/cold_first_call.json" ;;
+    fixedab) run fixedab 300 "$PY" scripts/ab_fixed_offset.py --sparse --json "$OUT/fixed_offset_ab.json" ;;
+    tune)
+      tune=$(mktemp -d)
+      for mb in vit_b:8 vit_b:1 vit_h:8 vit_h:1; do
+        run "tune_${mb/:/_b}" 200 env SAMSPARSE_HOME="$tune" SAMSPARSE_TRITON_SHIPPED=0 \
+            "$PY" scripts/first_call_encoder.py --model "${mb%:*}" --batch "${mb#*:}" --compile none
+      done
+      cp "$tune/triton/autotune.json" "$OUT/autotune_recorded.json" ;;
     cuda) run cuda 300 bash scripts/check_cuda_gpu.sh --only build,bench ;;
     ncu)
       if command -v ncu >/dev/null; then

@@ -196,7 +196,8 @@ def _fixed_offset_check() -> dict:
 
     Besides ordinary inputs: height terms that span far more than the pass allows (rel_h table x40)
     and a later key row whose logits are far above every logit of step 0 (its keys x30). Masked
-    calls keep the running-max loop.
+    calls keep the running-max loop unless ``SAMSPARSE_TRITON_FIXED_OFFSET=all`` (then with an
+    empty query block, which must not be flagged).
     The pass alone would overflow on the two extreme inputs; the redo must give the running-max
     loop's result exactly.
     """
@@ -216,11 +217,15 @@ def _fixed_offset_check() -> dict:
     blocks = torch.rand(1, 2, 2, 2, generator=g) < 0.7
     blocks[:, :, 0, 0] = True
     mask = BlockMask(blocks, 64, n)
-    inputs = {
-        "ordinary": (k, tab_h, None),
-        "wide-height-terms": (k, 40 * tab_h, None),
-        "far-later-logits": (k_far, tab_h, None),
-        "sparse (not used)": (k, tab_h, mask),
+    with_empty = blocks.clone()
+    with_empty[:, 1, 1] = False  # head 1: its second query block reads no key
+    empty = BlockMask(with_empty, 64, n, allow_empty_rows=True)
+    inputs = {  # name: (k, height table, mask, SAMSPARSE_TRITON_FIXED_OFFSET when on)
+        "ordinary": (k, tab_h, None, "1"),
+        "wide-height-terms": (k, 40 * tab_h, None, "1"),
+        "far-later-logits": (k_far, tab_h, None, "1"),
+        "sparse (not used by default)": (k, tab_h, mask, "1"),
+        "sparse with empty rows (=all)": (k, tab_h, empty, "all"),
     }
     problems, worst = [], 0.0
     previous = os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET")
@@ -235,20 +240,21 @@ def _fixed_offset_check() -> dict:
 
     ops._ATTN_LAUNCHER = Spy()
     try:
-        for name, (kk, th, m) in inputs.items():
+        for name, (kk, th, m, on) in inputs.items():
             outs = {}
             for flag in ("1", "0"):
-                os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = flag
+                os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = on if flag == "1" else "0"
                 ops._PLANS.clear()
                 flagged.clear()
                 outs[flag] = ops.attention(q, kk, v, m, RelPos.from_tables(th, tab_w, grid))
-                if flag == "1" and m is None:
-                    redone = name != "ordinary"
+                used = flag == "1" and (m is None or on == "all")
+                if used:
+                    redone = name in ("wide-height-terms", "far-later-logits")
                     if flagged != [flagged[0]] or (flagged[0] > 0) != redone:
                         problems.append(f"{name}: programs flagged for the redo {flagged}, want {'some' if redone else 'none'}")
                 # (FIXED_M, REDO) of the launches: the pass and the redo launch, or one running-max launch
                 launches = sorted((p.constexprs["FIXED_M"], p.constexprs["REDO"]) for p in ops._PLANS.values())
-                want = [(0, 1), (1, 0)] if flag == "1" and m is None else [(0, 0)]
+                want = [(0, 1), (1, 0)] if used else [(0, 0)]
                 if launches != want:
                     problems.append(f"{name}: (FIXED_M, REDO) of the launches {launches}, want {want}")
             out, lse = outs["1"]

@@ -220,7 +220,7 @@ def _fixed_offset_pass(
     ``l`` then, and the rescales keep those proportions. So the pass is exact to fp32 rounding
     while ``l`` stays within [2^-100, 2^100] at every step (step 0's largest term is exactly 1).
     A row whose ``l`` left that range (a later logit ~70 nats above all of step 0's, or height
-    terms swinging as far) is flagged (``n_bad``: also rows without any key) and the caller
+    terms swinging as far) is flagged (``n_bad``) and the caller
     recomputes the flagged programs with the running-max softmax.
 
     Returns (acc1, acc2, l, m, n_bad): sums in the unit 2^m (m = m0 + rel_h of step 0, log2).
@@ -289,6 +289,7 @@ def _fixed_offset_pass(
             acc2 = acc2 * beta[:, None]
 
     ok = (l_hi <= 1.2676506002282294e30) & (l_lo >= 7.888609052210118e-31)  # 2^100, 2^-100
+    ok = ok | (total == 0)  # an empty row of a mask: nothing to redo
     n_bad = tl.sum((q_ok & (ok == 0)).to(tl.int32), 0)
     if D2 == 0:
         acc2 = acc1  # placeholder, unused

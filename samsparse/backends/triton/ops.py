@@ -232,13 +232,15 @@ class _Geometry:
         Dense calls only: with few key steps per program (sparse masks) the pass's extra product of
         step 0 weighs more, and no clean A/B showed a gain there yet. bf16 and fp32 only: their P
         operand has fp32's exponent range, which the fixed offset's partial sums need (fp16's does
-        not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off.
+        not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off; ``=all`` uses it for masked calls too
+        (to measure them).
         """
+        mode = os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET", "1").strip().lower()
         return (
             self.rows_block_n() is not None
-            and not self.masked
+            and (not self.masked or mode == "all")
             and self.dtype in (torch.bfloat16, torch.float32)
-            and os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET", "1") != "0"
+            and mode != "0"
         )
 
     def rows_block_n(self) -> int | None:
