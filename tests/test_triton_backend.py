@@ -659,6 +659,42 @@ def test_shipped_tuning_is_read_after_the_user_cache(tmp_path, monkeypatch):
         configs.CACHE.clear_memory()
 
 
+def test_fixed_offset_classes_start_from_the_shipped_running_max_choice(tmp_path, monkeypatch):
+    """A dense key-row class of the fixed-offset kernel (':fx' key) not recorded for a GPU takes the
+    shipped choice of the same geometry instead of tuning cold on the first call."""
+    from samsparse.backends.triton import configs
+
+    shipped = {}
+    for path in sorted((Path(configs.__file__).parent / "tuned").glob("*.json")):
+        shipped.update(json.loads(path.read_text()))
+    dense_rows = [k for k in shipped if "|masked=0|" in k and ":dot0|" in k]
+    assert dense_rows, "the shipped tuning covers SAM's dense global classes"
+    assert all(":dot0:fx|" in k for k in configs.fixed_offset_aliases(shipped))
+    assert not any("masked=1" in k for k in configs.fixed_offset_aliases(shipped))
+    # the op's own key for vit_b's dense global call is such a key
+    from samsparse.backends.triton import ops
+
+    geo = ops._Geometry(
+        batch=8, heads=12, kv_heads=12, nq=4096, nk=4096, head_dim=64, dtype=torch.bfloat16, masked=False,
+        layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
+        has_rel=True, rel_k_grid=(64, 64),
+    )
+    assert geo.fixed_offset() and ":dot0:fx|" in geo.key(torch.device("cpu"))
+
+    def never(cfg):
+        raise AssertionError("an aliased key must not be tuned")
+
+    monkeypatch.setenv("SAMSPARSE_HOME", str(tmp_path))
+    configs.CACHE.clear_memory()
+    try:
+        for key in dense_rows:
+            want = configs.TileConfig(**shipped[key]["config"])
+            fx = key.replace(":dot0|", ":dot0:fx|")
+            assert configs.lookup_or_tune(fx, [configs.TileConfig(16, 16, 4, 1)], never, configs.TileConfig(16, 16, 4, 1)) == want
+    finally:
+        configs.CACHE.clear_memory()
+
+
 class _FakeOutOfResources(RuntimeError):
     pass
 

@@ -277,11 +277,16 @@ class _DiskCache:
     def _load_shipped(self) -> None:
         if os.environ.get("SAMSPARSE_TRITON_SHIPPED", "1").strip().lower() in ("0", "false", "no", "off"):
             return
+        aliases: dict = {}
         for path in sorted((Path(__file__).parent / "tuned").glob("*.json")):
             try:
-                self._merge(json.loads(path.read_text()))
+                data = json.loads(path.read_text())
             except (OSError, ValueError) as exc:  # pragma: no cover - a broken install
                 log.warning("ignoring unreadable shipped Triton tuning %s: %s", path, exc)
+                continue
+            self._merge(data)
+            aliases.update(fixed_offset_aliases(data))
+        self._merge(aliases)  # after every exact entry: a recorded ':fx' choice wins over its alias
 
     def get(self, key: str) -> TileConfig | None:
         with self._lock:
@@ -311,6 +316,21 @@ class _DiskCache:
 
 
 CACHE = _DiskCache()
+
+
+def fixed_offset_aliases(entries: dict) -> dict:
+    """Shipped choices of dense key-row classes, also filed under their fixed-offset (``:fx``) key.
+
+    The fixed-offset kernel is the running-max kernel of the same geometry with a cheaper softmax;
+    for a GPU whose ``:fx`` classes were not recorded yet, the running-max choice is the starting
+    point instead of a cold autotune on the first call (on an H200, the best running-max config
+    was also the best fixed-offset one for vit_b at B=8 and B=1).
+    """
+    out = {}
+    for key, entry in entries.items():
+        if "|masked=0|" in key and ":dot0|" in key:
+            out[key.replace(":dot0|", ":dot0:fx|")] = entry
+    return out
 
 
 def lookup_or_tune(
