@@ -201,7 +201,7 @@ def _fixed_offset_check() -> dict:
     The pass alone would overflow on the two extreme inputs; the redo must give the running-max
     loop's result exactly.
     """
-    import os
+    from unittest import mock
 
     from samsparse.backends.reference import reference_attention
     from samsparse.backends.triton import ops
@@ -228,7 +228,6 @@ def _fixed_offset_check() -> dict:
         "sparse with empty rows (=all)": (k, tab_h, empty, "all"),
     }
     problems, worst = [], 0.0
-    previous = os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET")
     launcher = ops._ATTN_LAUNCHER
     flagged = []  # programs flagged for the redo launch, per fixed-offset launch
 
@@ -239,6 +238,8 @@ def _fixed_offset_check() -> dict:
                 flagged.append(int(tensors[-1].sum()))
 
     ops._ATTN_LAUNCHER = Spy()
+    env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
+    env.start()
     try:
         for name, (kk, th, m, on) in inputs.items():
             outs = {}
@@ -276,10 +277,7 @@ def _fixed_offset_check() -> dict:
                 problems.append(f"{name}: not redone by the running-max loop (output differs from it)")
     finally:
         ops._ATTN_LAUNCHER = launcher
-        if previous is None:
-            os.environ.pop("SAMSPARSE_TRITON_FIXED_OFFSET", None)
-        else:
-            os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = previous
+        env.stop()
         ops._PLANS.clear()
     return {"case": "fixed-offset", "ok": not problems, "problems": problems, "err": worst}
 
