@@ -36,6 +36,7 @@ from samsparse.relpos import RelPos, gather_rel_pos  # noqa: E402
 def set_mode(fixed: str) -> None:
     os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = fixed
     ops._PLANS.clear()
+    ops._REDO_PLANS.clear()
     ops._ATTN_LAUNCHER.cache.clear()
 
 

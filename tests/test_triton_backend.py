@@ -246,6 +246,7 @@ def _fixed_offset_check() -> dict:
             for flag in ("1", "0"):
                 os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = on if flag == "1" else "0"
                 ops._PLANS.clear()
+                ops._REDO_PLANS.clear()
                 flagged.clear()
                 outs[flag] = ops.attention(q, kk, v, m, RelPos.from_tables(th, tab_w, grid))
                 used = flag == "1" and (m is None or on == "all")
@@ -254,7 +255,8 @@ def _fixed_offset_check() -> dict:
                     if flagged != [flagged[0]] or (flagged[0] > 0) != redone:
                         problems.append(f"{name}: programs flagged for the redo {flagged}, want {'some' if redone else 'none'}")
                 # (FIXED_M, REDO) of the launches: the pass and the redo launch, or one running-max launch
-                launches = sorted((p.constexprs["FIXED_M"], p.constexprs["REDO"]) for p in ops._PLANS.values())
+                plans = [*ops._PLANS.values(), *ops._REDO_PLANS.values()]
+                launches = sorted((p.constexprs["FIXED_M"], p.constexprs["REDO"]) for p in plans)
                 want = [(0, 1), (1, 0)] if used else [(0, 0)]
                 if launches != want:
                     problems.append(f"{name}: (FIXED_M, REDO) of the launches {launches}, want {want}")
@@ -279,6 +281,7 @@ def _fixed_offset_check() -> dict:
         ops._ATTN_LAUNCHER = launcher
         env.stop()
         ops._PLANS.clear()
+        ops._REDO_PLANS.clear()
     return {"case": "fixed-offset", "ok": not problems, "problems": problems, "err": worst}
 
 

@@ -297,6 +297,7 @@ class _Plan:
 
 
 _PLANS: dict = {}
+_REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
 
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
@@ -438,11 +439,10 @@ def _launch(
     ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, sf, *plan.ints)
     _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
     if flags is not None:
-        redo_key = (*key, "redo")
-        redo = _PLANS.get(redo_key)
+        redo = _REDO_PLANS.get(key)
         if redo is None:
-            redo = _PLANS[redo_key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
-        _ATTN_LAUNCHER(redo.grid, tensors, (qk_scale,), ints, redo.constexprs, redo_key, q.device)
+            redo = _REDO_PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
+        _ATTN_LAUNCHER(redo.grid, tensors, (qk_scale,), ints, redo.constexprs, (*key, "redo"), q.device)
 
 
 def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, head_dim: int, dtype) -> bool:
