@@ -258,6 +258,8 @@ def _interp_cases() -> list[Case]:
     c.append(Case(1, 2, 2, (4, 32), 64, "fp16", mask="none", rel="tables", seed=23))
     c.append(Case(1, 2, 2, (5, 7), 32, "bf16", mask="empty", block=16, rel="terms", seed=24))
     c.append(Case(1, 2, 2, (4, 32), 32, "bf16", mask="random", block=64, rel="tables", seed=25))
+    # the fixed-offset pass (dense key-row mode, bf16) with a split head dim (80 = 64 + 16)
+    c.append(Case(1, 2, 2, (3, 32), 80, "bf16", mask="none", rel="tables", strided=True, seed=38))
     return c
 
 
@@ -285,6 +287,7 @@ def _gpu_cases() -> list[Case]:
         # SAM global attention shapes (64x64 grid)
         c.append(Case(1, 12, 12, (64, 64), 64, dtype, mask="none", rel="tables", strided=True, seed=40))
         c.append(Case(1, 16, 16, (64, 64), 80, dtype, mask="random", block=128, rel="tables", strided=True, seed=41, density=0.25))
+        c.append(Case(1, 16, 16, (64, 64), 80, dtype, mask="none", rel="tables", strided=True, seed=43))  # vit_h dense
         c.append(Case(1, 4, 4, (64, 64), 64, dtype, mask="tiles", tile=(8, 16), rel="terms", seed=42, density=0.25))
         # GQA / MQA, odd sizes, forced configs (split query blocks, several key steps)
         c.append(Case(2, 8, 2, (17, 19), 64, dtype, mask="random", block=64, rel="tables", seed=50))
