@@ -133,8 +133,7 @@ class RelPos:
             raise ValueError(f"rel_pos q_grid {gq} has {gq[0] * gq[1]} tokens but q has Nq={nq}")
         if gk[0] * gk[1] != nk:
             raise ValueError(f"rel_pos k_grid {gk} has {gk[0] * gk[1]} tokens but k has Nk={nk}")
-        cached = self._terms_of is not None and self.has_tables  # terms() cached them: the tables rule
-        if (self.rel_h is not None or self.rel_w is not None) and not cached:
+        if (self.rel_h is not None or self.rel_w is not None) and not self._terms_are_cache:
             if self.rel_h is None or self.rel_w is None:
                 raise ValueError("rel_pos needs both rel_h and rel_w terms, or neither")
             want_h, want_w = (b, h, nq, gk[0]), (b, h, nq, gk[1])
@@ -160,7 +159,7 @@ class RelPos:
         another q (another tensor, or the same one modified in place).
         """
         key = _tensor_key(q)
-        ready = self.ready_terms(q)
+        ready = self._ready_terms(key)
         if ready is not None:
             if dtype is None:
                 return ready
@@ -181,12 +180,17 @@ class RelPos:
     def ready_terms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The terms held for q without computing anything: the caller's, or those :meth:`terms`
         cached for this very q (same tensor, not modified since); None when there are none."""
+        return self._ready_terms(_tensor_key(q))
+
+    @property
+    def _terms_are_cache(self) -> bool:
+        """rel_h / rel_w were cached by :meth:`terms` (the tables are the truth), not given."""
+        return self._terms_of is not None and self.has_tables
+
+    def _ready_terms(self, key: tuple | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.rel_h is None or self.rel_w is None:
             return None
-        if self._terms_of is None or not self.has_tables:
-            return self.rel_h, self.rel_w
-        key = _tensor_key(q)
-        if key is not None and self._terms_of == key:
+        if not self._terms_are_cache or (key is not None and self._terms_of == key):
             return self.rel_h, self.rel_w
         return None
 
