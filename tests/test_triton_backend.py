@@ -191,8 +191,10 @@ def _tables_check() -> dict:
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
 
 
-def _fixed_offset_check() -> dict:
+def _fixed_offset_check(device: str = "cpu") -> dict:
     """Key-row mode in bf16 takes the fixed-offset pass; rows it cannot hold exactly are redone.
+
+    Runs under the interpreter (``device="cpu"``) and, from tests/test_triton_gpu.py, on a GPU.
 
     Besides ordinary inputs: height terms that span far more than the pass allows (rel_h table x40)
     and a later key row whose logits are far above every logit of step 0 (its keys x30). Masked
@@ -210,16 +212,16 @@ def _fixed_offset_check() -> dict:
 
     g = torch.Generator().manual_seed(21)
     grid, d, n = (4, 32), 32, 128
-    q, k, v = (torch.randn(1, 2, n, d, generator=g).bfloat16() for _ in range(3))
-    tab_h, tab_w = 0.3 * torch.randn(7, d, generator=g), 0.3 * torch.randn(63, d, generator=g)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g).bfloat16().to(device) for _ in range(3))
+    tab_h, tab_w = (0.3 * torch.randn(r, d, generator=g).to(device) for r in (7, 63))
     k_far = k.clone()
     k_far[:, :, -32:] *= 30
     blocks = torch.rand(1, 2, 2, 2, generator=g) < 0.7
     blocks[:, :, 0, 0] = True
-    mask = BlockMask(blocks, 64, n)
+    mask = BlockMask(blocks, 64, n).to(device)
     with_empty = blocks.clone()
     with_empty[:, 1, 1] = False  # head 1: its second query block reads no key
-    empty = BlockMask(with_empty, 64, n, allow_empty_rows=True)
+    empty = BlockMask(with_empty, 64, n, allow_empty_rows=True).to(device)
     inputs = {  # name: (k, height table, mask, SAMSPARSE_TRITON_FIXED_OFFSET when on)
         "ordinary": (k, tab_h, None, "1"),
         "wide-height-terms": (k, 40 * tab_h, None, "1"),

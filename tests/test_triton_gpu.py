@@ -61,6 +61,17 @@ def test_gpu_matches_reference(case):
     assert res["ok"], "\n".join(res["problems"]) + f"\n{ {k: v for k, v in res.items() if k != 'problems'} }"
 
 
+def test_gpu_fixed_offset_pass_and_redo():
+    """The fixed-offset pass of dense key-row calls on the GPU: flags exactly the programs it cannot
+    hold (none for ordinary inputs), the redo launch gives the running-max result bit for bit, and
+    masked calls keep the running max unless ``SAMSPARSE_TRITON_FIXED_OFFSET=all`` (the interpreter
+    check of tests/test_triton_backend.py, run natively)."""
+    from test_triton_backend import _fixed_offset_check
+
+    res = _fixed_offset_check("cuda")
+    assert res["ok"], "\n".join(res["problems"])
+
+
 @pytest.mark.parametrize("config", [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)])
 def test_gpu_every_candidate_config_is_correct(config):
     """The autotuner may pick any candidate: each must be right (key-row mode, 1 and 2 rows per step)."""

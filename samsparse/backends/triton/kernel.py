@@ -203,7 +203,6 @@ def _fixed_offset_pass(
     q1, q2, k_base, v_base, skn, skd, svn, svd,
     offs_n, offs_d1, offs_d2, dmask1, dmask2,
     relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
-    k_tok0, k_ok0, h0,
     RGW: tl.constexpr, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -224,13 +223,18 @@ def _fixed_offset_pass(
     terms swinging as far) is flagged (``n_bad``) and the caller
     recomputes the flagged programs with the running-max softmax.
 
-    ``k_tok0`` / ``k_ok0`` are step 0's key tokens and ``h0`` its height term (log2 units), as the
-    caller's prefetch computed them.
+    Step 0's key tokens and height term are derived here although the caller's prefetch has them:
+    taking them from the caller measured 5-15% slower at M128/w4 (255 registers) on the H200, and
+    peeling step 0 out of the loop (its logits are computed twice) faulted on the GPU (Triton 3.6);
+    see benchmarks/RESULTS.md, eighth run.
 
     Returns (acc1, acc2, l, m, n_bad): sums in the unit 2^m (m = m0 + rel_h of step 0, log2).
     """
     # ---- step 0: the offset
-    k_use0 = k_ok0 & (total > 0)
+    j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+    row0 = j0 * SUB_N + sub0
+    k_tok0 = row0 * RGW + offs_n
+    k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
     k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
     k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
     qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
@@ -240,6 +244,8 @@ def _fixed_offset_pass(
     m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
     m0 = tl.where(m0 == float("-inf"), 0.0, m0)
     w_off = relw_tile - m0[:, None]
+    h0 = tl.load(relh_rows + row0 * shr, mask=q_ok & (total > 0) & (row0 * RGW < nk), other=0.0)
+    h0 = h0.to(tl.float32) * 1.4426950408889634
     h_nxt = h0
     l_lo = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)  # smallest / largest running sum
     l_hi = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -507,7 +513,7 @@ def _attn_fwd(
     if HAS_REL and REL_DOT == 0:
         # the bias of step t is loaded during step t-1: plain loads are not software-pipelined
         j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
-        k_tok0, k_ok0, b_row0, b_col0 = _key_coords(
+        _, k_ok0, b_row0, b_col0 = _key_coords(
             j0, sub0, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
         )
         if ROWS > 0:
@@ -532,7 +538,6 @@ def _attn_fwd(
             q1, q2, k_base, v_base, skn, skd, svn, svd,
             offs_n, offs_d1, offs_d2, dmask1, dmask2,
             relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
-            k_tok0, k_ok0, relh_nxt,  # step 0's keys and height term, from the prefetch above
             RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST,
         )
         if D2 > 0:
