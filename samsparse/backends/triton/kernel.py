@@ -224,7 +224,7 @@ def _fixed_offset_pass(
     recomputes the flagged programs with the running-max softmax.
 
     Step 0's key tokens and height term are derived here although the caller's prefetch has them:
-    taking them from the caller measured 5-15% slower at M128/w4 (255 registers) on the H200, and
+    taking them from the caller measured ~20% slower at M128/w4 (255 registers) on the H200, and
     peeling step 0 out of the loop (its logits are computed twice) faulted on the GPU (Triton 3.6);
     see benchmarks/RESULTS.md, eighth run.
 
