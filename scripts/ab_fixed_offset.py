@@ -11,7 +11,9 @@ rel-pos terms and from the tables (terms kernel included), as GPU time of a CUDA
 Two stress inputs show what the redo launch costs: q and k x3 (wide logits) and the height
 table x12 (height terms swinging ~100 nats across key rows, so every program is redone).
 Errors are against a float32 reference with float32 rel-pos terms (first batch element). With
-``--sparse`` also vit_b B=8 under random block masks (the pass is forced on with ``=all``).
+``--sparse`` also vit_b B=8 under random block masks (the pass is forced on with ``=all``); with
+``--quick`` only the three dense shapes at two configs each (no stress inputs), for comparing kernel
+revisions in one GPU call.
 """
 
 from __future__ import annotations
