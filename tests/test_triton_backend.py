@@ -762,3 +762,46 @@ if __name__ == "__main__":
     else:
         print("usage: python tests/test_triton_backend.py --worker OUT.json [CASE_ID ...]", file=sys.stderr)
         sys.exit(2)
+
+
+_OFFLINE_PROBE = r"""
+import json, torch
+from samsparse.backends.triton import offline, ops
+from samsparse.backends.triton.configs import TileConfig
+from samsparse.relpos import RelPos
+
+attn_launcher = ops._ATTN_LAUNCHER
+qkv = torch.empty(1, 256, 3, 2, 32, dtype=torch.bfloat16)
+q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+rp = RelPos.from_tables(torch.zeros(15, 32, dtype=torch.bfloat16), torch.zeros(63, 32, dtype=torch.bfloat16), (8, 32))
+launches = offline.record_launches(lambda: ops.attention(q, k, v, None, rp, None, TileConfig(64, 32, 4, 2)))
+rows = []
+for launch in launches:
+    rep = offline.compile_launch(launch, 90)
+    rows.append([launch.kernel, launch.constexprs.get("FIXED_M", 0), launch.constexprs.get("REDO", 0), rep.registers,
+                 rep.instructions, rep.opcodes.get("HGMMA", 0), rep.spill_store_bytes])
+print(json.dumps({"rows": rows, "launcher_restored": ops._ATTN_LAUNCHER is attn_launcher}))
+"""
+
+
+def test_offline_compile_reports_what_ptxas_made_of_each_launch():
+    """``offline``: a dense key-row call (one key row per step) records its three launches without
+    running them, and each compiles for sm_90 without a GPU: registers, SASS (wgmma in the attention kernels)."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE], capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
+        pytest.skip("this Triton build has no NVIDIA backend tools")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["launcher_restored"]
+    kernels = [(r[0], r[1], r[2]) for r in out["rows"]]
+    assert kernels == [("_relpos_terms", 0, 0), ("_attn_fwd", 1, 0), ("_attn_fwd", 0, 1)], kernels
+    for name, _, _, regs, n_sass, n_hgmma, spills in out["rows"]:
+        assert 16 <= regs <= 255 and n_sass > 100, (name, regs, n_sass)
+        assert spills >= 0
+    assert all(r[5] > 0 for r in out["rows"][1:]), "the attention kernels (BLOCK_M 64) have no wgmma in their sm_90 SASS"

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Registers, spills and wgmma serialization of SAM's attention kernels, compiled offline (no GPU).
+
+    python scripts/kernel_resources.py [--arch 90] [--kinds dense,window] [--config 128/64/4/3]
+                                       [--json out.json] [--sass-dir DIR]
+
+For SAM's attention shapes (vit_b H=12 d=64 and vit_h H=16 d=80, bf16): the windowed blocks (read
+in place), and the global blocks dense, with a 25% hierarchical mask of 1x64 tiles and of 8x16
+tiles. Each launch a call makes (the rel-pos terms kernel, the attention kernel, the fixed-offset
+pass's redo launch) is compiled by the installed Triton for sm_<arch> the way its launcher would
+(``samsparse.backends.triton.offline``), and ptxas' verdict is printed: registers, spill bytes,
+stack, C7515 (every wgmma waits for the previous one), SASS instruction counts. Use it to screen a
+kernel edit before spending device time: compile both revisions and compare the spills. For the
+GPU machine's numbers, run with its Triton version first on the path, e.g.
+``pip install --target /tmp/t36 triton==3.6.0 && PYTHONPATH=/tmp/t36 python scripts/kernel_resources.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from samsparse.backends.triton import offline, ops  # noqa: E402
+from samsparse.backends.triton.configs import TileConfig  # noqa: E402
+from samsparse.backends.triton.windows import window_attention  # noqa: E402
+from samsparse.masks.hierarchical import hierarchical  # noqa: E402
+from samsparse.relpos import RelPos  # noqa: E402
+
+# tile configs per kind and head dim: the shipped / autotuned choices and their nearest rivals
+CONFIGS = {
+    "window": {64: [(64, 32, 4, 3), (128, 32, 8, 3)], 80: [(64, 32, 4, 3), (128, 32, 8, 3)]},
+    "dense": {64: [(128, 64, 4, 3), (64, 64, 4, 3)], 80: [(128, 64, 4, 3), (64, 64, 4, 3)]},
+    "sparse-1x64": {64: [(64, 64, 4, 3), (128, 64, 4, 3)], 80: [(64, 64, 4, 3)]},
+    "sparse-8x16": {64: [(128, 64, 8, 2), (128, 128, 8, 3)], 80: [(128, 64, 4, 3), (128, 128, 8, 2)]},
+}
+MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}
+
+
+def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> list[offline.Launch]:
+    """The launches of one call of ``kind`` (CPU tensors laid out as SAM's qkv projection gives them)."""
+    qkv = torch.empty(batch, 4096, 3, heads, d, dtype=torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    if kind == "window":
+        fill = torch.zeros(2, heads, d, dtype=torch.bfloat16)
+        tables = torch.zeros(2, 27, d, dtype=torch.bfloat16)
+        rp = RelPos.from_tables(tables[0], tables[1], (14, 14))
+        return offline.record_launches(
+            lambda: window_attention(q, k, v, fill[0], fill[1], rp, None, (64, 64), 14, config=cfg)
+        )
+    tables = torch.zeros(2, 127, d, dtype=torch.bfloat16)
+    rp = RelPos.from_tables(tables[0], tables[1], (64, 64))
+    mask = None
+    if kind.startswith("sparse-"):
+        th, tw = (int(x) for x in kind.split("-")[1].split("x"))
+        mask = hierarchical((64, 64), (th, tw), heads, 0.25)
+    return offline.record_launches(lambda: ops.attention(q, k, v, mask, rp, None, config=cfg))
+
+
+def launch_name(launch: offline.Launch) -> str:
+    if launch.kernel == "_relpos_terms":
+        return "terms"
+    cx = launch.constexprs
+    return "fixed-offset" if cx.get("FIXED_M") else "redo" if cx.get("REDO") else "attention"
+
+
+def parse_config(text: str) -> tuple[int, int, int, int]:
+    parts = text.replace("x", "/").split("/")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--config wants BLOCK_M/BLOCK_N/warps/stages, e.g. 128/64/4/3, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200, 80: A100)")
+    ap.add_argument("--models", default="vit_b,vit_h", help="comma list of vit_b, vit_h")
+    ap.add_argument("--kinds", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument("--config", type=parse_config, action="append", help="tile config(s) instead of the table's")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--sass-dir", type=Path, help="write each kernel's SASS here")
+    args = ap.parse_args()
+    kinds = [x for x in args.kinds.split(",") if x]
+    models = [x for x in args.models.split(",") if x]
+    unknown = [x for x in kinds if x not in CONFIGS] + [x for x in models if x not in MODELS]
+    if unknown:
+        ap.error(f"unknown kind or model {unknown}; kinds: {', '.join(CONFIGS)}; models: {', '.join(MODELS)}")
+
+    import triton
+
+    print(f"triton {triton.__version__}, sm_{args.arch}, bf16, B={args.batch} (offline: no kernel runs)", flush=True)
+    if args.sass_dir:
+        args.sass_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in models:
+        heads, d = MODELS[model]
+        for kind in kinds:
+            for cfg in args.config or CONFIGS[kind][d]:
+                tc = TileConfig(*cfg)
+                name = f"M{tc.block_m}/N{tc.block_n}/w{tc.num_warps}/s{tc.num_stages}"
+                for launch in launches_of(kind, heads, d, args.batch, tc):
+                    which = launch_name(launch)
+                    if which == "terms" and kind == "window":
+                        continue
+                    rep = offline.compile_launch(launch, args.arch)
+                    row = {"model": model, "kind": kind, "config": name, "kernel": which, "registers": rep.registers,
+                           "spill_store_bytes": rep.spill_store_bytes, "spill_load_bytes": rep.spill_load_bytes,
+                           "stack_bytes": rep.stack_bytes, "wgmma_serialized": rep.wgmma_serialized,
+                           "instructions": rep.instructions,
+                           **{f"n_{op}": rep.opcodes.get(op, 0) for op in ("HGMMA", "MUFU", "LDL", "STL")}}
+                    rows.append(row)
+                    print(f"{model} {kind:11s} {name:15s} {which:12s} regs {rep.registers:3d}  spills "
+                          f"{rep.spill_store_bytes}/{rep.spill_load_bytes} B (stack {rep.stack_bytes})  "
+                          f"wgmma {'SERIALIZED' if rep.wgmma_serialized else 'async':10s}  {rep.instructions} SASS "
+                          f"(HGMMA {row['n_HGMMA']}, MUFU {row['n_MUFU']}, LDL {row['n_LDL']}, STL {row['n_STL']})",
+                          flush=True)
+                    if args.sass_dir:
+                        (args.sass_dir / f"{model}_{kind}_{name.replace('/', '-')}_{which}.sass").write_text(rep.sass)
+    if args.json:
+        args.json.write_text(json.dumps({"triton": triton.__version__, "arch": args.arch, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
