@@ -9,7 +9,8 @@ in place), and the global blocks dense, with a 25% hierarchical mask of 1x64 til
 tiles. Each launch a call makes (the rel-pos terms kernel, the attention kernel, the fixed-offset
 pass's redo launch) is compiled by the installed Triton for sm_<arch> the way its launcher would
 (``samsparse.backends.triton.offline``), and ptxas' verdict is printed: registers, spill bytes,
-stack, C7515 (every wgmma waits for the previous one), SASS instruction counts. Use it to screen a
+stack, C7515 (every wgmma waits for the previous one), SASS instruction counts of the whole kernel
+and of its key loop (the cost of one step). Use it to screen a
 kernel edit before spending device time: compile both revisions and compare the spills. For the
 GPU machine's numbers, run with its Triton version first on the path, e.g.
 ``pip install --target /tmp/t36 triton==3.6.0 && PYTHONPATH=/tmp/t36 python scripts/kernel_resources.py``.
@@ -43,6 +44,8 @@ CONFIGS = {
     "sparse-8x16": {64: [(128, 64, 8, 2), (128, 128, 8, 3)], 80: [(128, 64, 4, 3), (128, 128, 8, 2)]},
 }
 MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}
+# per-step work of the key loop: tensor-core products, the softmax's fp32 / MUFU work, spills
+LOOP_OPS = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "MUFU", "F2FP", "LDL", "STL")
 
 
 def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> list[offline.Launch]:
@@ -115,13 +118,14 @@ def main() -> int:
                     row = {"model": model, "kind": kind, "config": name, "kernel": which, "registers": rep.registers,
                            "spill_store_bytes": rep.spill_store_bytes, "spill_load_bytes": rep.spill_load_bytes,
                            "stack_bytes": rep.stack_bytes, "wgmma_serialized": rep.wgmma_serialized,
-                           "instructions": rep.instructions,
-                           **{f"n_{op}": rep.opcodes.get(op, 0) for op in ("HGMMA", "MUFU", "LDL", "STL")}}
+                           "instructions": rep.instructions, "loop_instructions": rep.loop_instructions,
+                           **{f"loop_{op}": rep.loop_opcodes.get(op, 0) for op in LOOP_OPS}}
                     rows.append(row)
                     print(f"{model} {kind:11s} {name:15s} {which:12s} regs {rep.registers:3d}  spills "
                           f"{rep.spill_store_bytes}/{rep.spill_load_bytes} B (stack {rep.stack_bytes})  "
-                          f"wgmma {'SERIALIZED' if rep.wgmma_serialized else 'async':10s}  {rep.instructions} SASS "
-                          f"(HGMMA {row['n_HGMMA']}, MUFU {row['n_MUFU']}, LDL {row['n_LDL']}, STL {row['n_STL']})",
+                          f"wgmma {'SERIALIZED' if rep.wgmma_serialized else 'async':10s}  {rep.instructions} SASS, "
+                          f"loop {rep.loop_instructions}: "
+                          + " ".join(f"{op} {row[f'loop_{op}']}" for op in LOOP_OPS if row[f"loop_{op}"]),
                           flush=True)
                     if args.sass_dir:
                         (args.sass_dir / f"{model}_{kind}_{name.replace('/', '-')}_{which}.sass").write_text(rep.sass)

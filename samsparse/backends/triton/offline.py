@@ -49,7 +49,9 @@ class KernelReport:
     stack_bytes: int
     wgmma_serialized: bool  # ptxas C7515: every wgmma waits for the previous one
     instructions: int  # SASS instructions of the whole kernel
-    opcodes: dict = field(repr=False)  # SASS opcode (without modifiers) -> count
+    loop_instructions: int  # SASS instructions of the longest loop (the key-step loop: the cost per step)
+    opcodes: dict = field(repr=False)  # SASS opcode (without modifiers) -> count, whole kernel
+    loop_opcodes: dict = field(repr=False)  # the same for the longest loop
     sass: str = field(repr=False, default="")
 
 
@@ -151,10 +153,11 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
     }
 
 
-_OPCODE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+_INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
 
 
-def _sass(cubin: bytes) -> tuple[str, dict]:
+def _sass(cubin: bytes) -> tuple[str, dict, dict]:
+    """cuobjdump's SASS, its opcode counts, and those of its longest loop (a backward branch's range)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -162,19 +165,28 @@ def _sass(cubin: bytes) -> tuple[str, dict]:
         res = subprocess.run([_triton_bin("cuobjdump"), "-sass", path], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"cuobjdump failed: {(res.stdout + res.stderr).strip()[:400]}")
-    counts: collections.Counter = collections.Counter()
+    code = []  # (address, opcode, operands)
     for line in res.stdout.splitlines():
-        m = _OPCODE.match(line)
+        m = _INSTRUCTION.match(line)
         if m:
-            counts[m.group(1)] += 1
-    return res.stdout, dict(counts)
+            code.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    loops = []
+    for addr, op, rest in code:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    start, end = max(loops, key=lambda r: r[1] - r[0]) if loops else (0, -1)
+    counts = collections.Counter(op for _, op, _ in code)
+    in_loop = collections.Counter(op for addr, op, _ in code if start <= addr <= end)
+    return res.stdout, dict(counts), dict(in_loop)
 
 
 def compile_launch(launch: Launch, arch: int = 90) -> KernelReport:
     """Compile ``launch``'s kernel for sm_<arch> (90: Hopper, with wgmma) and report its resources."""
     compiled = _compile(launch, arch)
     info = _ptxas_report(compiled.asm["ptx"], arch)
-    sass, opcodes = _sass(compiled.asm["cubin"])
+    sass, opcodes, loop_opcodes = _sass(compiled.asm["cubin"])
     return KernelReport(
-        kernel=launch.kernel, arch=arch, instructions=sum(opcodes.values()), opcodes=opcodes, sass=sass, **info
+        kernel=launch.kernel, arch=arch, instructions=sum(opcodes.values()), opcodes=opcodes,
+        loop_instructions=sum(loop_opcodes.values()), loop_opcodes=loop_opcodes, sass=sass, **info,
     )
