@@ -72,6 +72,14 @@ def test_gpu_fixed_offset_pass_and_redo():
     assert res["ok"], "\n".join(res["problems"])
 
 
+def test_gpu_fixed_offset_in_loop_variant():
+    """The experimental pass that takes its offset inside the loop (SAMSPARSE_TRITON_OFFSET_IN_LOOP=1)."""
+    from test_triton_backend import _fixed_offset_check
+
+    res = _fixed_offset_check("cuda", offset_in_loop=True)
+    assert res["ok"], "\n".join(res["problems"])
+
+
 @pytest.mark.parametrize("config", [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)])
 def test_gpu_every_candidate_config_is_correct(config):
     """The autotuner may pick any candidate: each must be right (key-row mode, 1 and 2 rows per step)."""

@@ -369,6 +369,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         even_q = even_k = False
     if redo:
         even_q = False  # the program's loads and stores are masked by its redo flag
+    fixed = rows == 1 and geo.fixed_offset() and not redo
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
@@ -383,7 +384,9 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         UPCAST=kern.INTERPRET and geo.dtype == torch.bfloat16, SCALE_POS=scale_pos,
         BLOCK_M=block_m, BLOCK_N=block_n,
         MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
-        FIXED_M=int(rows == 1 and geo.fixed_offset() and not redo), REDO=int(redo),
+        FIXED_M=int(fixed), REDO=int(redo),
+        # experimental, off by default: the pass takes its offset inside the loop's first step
+        OFFSET_IN_LOOP=int(fixed and os.environ.get("SAMSPARSE_TRITON_OFFSET_IN_LOOP", "0").strip() == "1"),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
