@@ -13,7 +13,8 @@
 #   profile    GPU time per kernel group of the compiled vit_b B=8 encoder, dense and 25%
 #   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
 #   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
-#   inloop     the same (--quick) for the shipped pass and for SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 (experimental)
+#   variants   the same (--quick) for the shipped kernels, SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 and
+#              SAMSPARSE_TRITON_CARRY_IDS=1 (experimental switches, off by default)
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
 #              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
 #              into samsparse/backends/triton/tuned/ for this GPU
@@ -69,11 +70,14 @@ for stage in "${STAGES[@]}"; do
           TRITON_CACHE_DIR="$cold/triton" "$PY" scripts/first_call_encoder.py --model vit_b --batch 8 \
           --json "$OUT/cold_first_call.json" ;;
     fixedab) run fixedab 300 "$PY" scripts/ab_fixed_offset.py --sparse --json "$OUT/fixed_offset_ab.json" ;;
-    inloop)
-      # same call: the shipped pass, then the experimental in-loop offset, each against the running max
-      run inloop_base 150 "$PY" scripts/ab_fixed_offset.py --quick --sparse --json "$OUT/ab_shipped_pass.json"
-      run inloop 150 env SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" scripts/ab_fixed_offset.py --quick --sparse \
-          --json "$OUT/ab_offset_in_loop.json" ;;
+    variants)
+      # same call: shipped kernels, then each experimental switch (fixed=1 rows: the pass; fixed=0 rows
+      # of the sparse shapes: the masked running-max loop)
+      run variants_base 150 "$PY" scripts/ab_fixed_offset.py --quick --sparse --json "$OUT/ab_shipped.json"
+      run variants_inloop 150 env SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" scripts/ab_fixed_offset.py --quick \
+          --sparse --json "$OUT/ab_offset_in_loop.json"
+      run variants_carry 150 env SAMSPARSE_TRITON_CARRY_IDS=1 "$PY" scripts/ab_fixed_offset.py --quick --sparse \
+          --json "$OUT/ab_carry_ids.json" ;;
     tune)
       tune=$(mktemp -d)
       for mb in vit_b:8 vit_b:1 vit_h:8 vit_h:1; do

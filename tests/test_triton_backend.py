@@ -37,7 +37,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile", "fixed-offset", "fixed-offset-in-loop",
+    "windows-compile", "fixed-offset", "fixed-offset-in-loop", "carry-ids",
 ]
 
 
@@ -298,6 +298,45 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False) -> di
             "problems": problems, "err": worst}
 
 
+_CARRY_IDS_CASES = (  # masked with rel-pos, each a mode with a look-ahead: key rows (one and two per step),
+    # gathered bias, one-hot tile slices
+    "b1h2-4x32-d32-bf16-random64-rel-tables", "b1h2-5x32-d32-fp32-random64-rel-terms-cfg32x64",
+    "b1h2-4x32-d32-fp16-random128-rel-tables-cfg16x64", "b1h2-6x20-d32-fp32-random16-rel-tables",
+    "b1h2-18x20-d32-fp16-tiles8x16-rel-terms", "b1h2-20x18-d32-fp32-tiles4x8-rel-tables",
+)
+
+
+def _carry_ids_check(device: str = "cpu") -> dict:
+    """Experimental ``SAMSPARSE_TRITON_CARRY_IDS=1``: masked running-max loops take each step's key-block
+    id from the previous step's look-ahead; the same cases must still match the reference."""
+    from unittest import mock
+
+    from attention_cases import check, make_inputs
+
+    from samsparse.backends.triton import TritonBackend, ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    cases = {c.id: c for c in INTERPRETER_CASES}
+    problems, worst, carried = [], 0.0, 0
+    with mock.patch.dict(os.environ, {"SAMSPARSE_TRITON_CARRY_IDS": "1"}):
+        ops._PLANS.clear()
+        try:
+            for cid in _CARRY_IDS_CASES:
+                case = cases[cid]
+                q, k, v, mask, rel_pos = make_inputs(case, device)
+                options = {"config": TileConfig(case.config[0], case.config[1], 4, 1)} if case.config else {}
+                out, lse = TritonBackend(options=options).attend(q, k, v, mask, rel_pos, return_lse=True)
+                res = check(case, q, k, v, mask, rel_pos, out, lse)
+                worst = max(worst, res.get("err", 0.0))
+                problems += [f"{cid}: {p}" for p in res["problems"]]
+            carried = sum(p.constexprs["CARRY_IDS"] for p in ops._PLANS.values())
+        finally:
+            ops._PLANS.clear()
+    if carried != len(_CARRY_IDS_CASES):
+        problems.append(f"{carried} launches had CARRY_IDS=1, want {len(_CARRY_IDS_CASES)} (one per case)")
+    return {"case": "carry-ids", "ok": not problems, "problems": problems, "err": worst}
+
+
 def _windows_check() -> dict:
     """The in-place window kernel against the reference on explicitly partitioned windows."""
     from attention_cases import partitioned_windows
@@ -480,7 +519,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "tables-toeplitz-or-not": _tables_check, "windows-in-place": _windows_check,
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
         "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
-        "fixed-offset-in-loop": lambda: _fixed_offset_check(offset_in_loop=True),
+        "fixed-offset-in-loop": lambda: _fixed_offset_check(offset_in_loop=True), "carry-ids": _carry_ids_check,
     }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:

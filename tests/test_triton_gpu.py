@@ -72,6 +72,14 @@ def test_gpu_fixed_offset_pass_and_redo():
     assert res["ok"], "\n".join(res["problems"])
 
 
+def test_gpu_carry_ids_variant():
+    """The experimental sparse loop that reuses its look-ahead's key-block id (SAMSPARSE_TRITON_CARRY_IDS=1)."""
+    from test_triton_backend import _carry_ids_check
+
+    res = _carry_ids_check("cuda")
+    assert res["ok"], "\n".join(res["problems"])
+
+
 def test_gpu_fixed_offset_in_loop_variant():
     """The experimental pass that takes its offset inside the loop (SAMSPARSE_TRITON_OFFSET_IN_LOOP=1)."""
     from test_triton_backend import _fixed_offset_check

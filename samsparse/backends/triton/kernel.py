@@ -365,6 +365,8 @@ def _attn_fwd(
     FIXED_M: tl.constexpr = 0,  # key-row mode (ROWS == 1): softmax offset fixed after step 0 (_fixed_offset_pass)
     REDO: tl.constexpr = 0,  # the running-max launch after a FIXED_M one: only the programs it flagged
     OFFSET_IN_LOOP: tl.constexpr = 0,  # FIXED_M, experimental: the offset taken inside the loop's first step
+    CARRY_IDS: tl.constexpr = 0,  # running max, masked, rel-pos look-ahead: a step's key-block id comes from
+    # the previous step's look-ahead (one cross-warp id lookup per step instead of two); experimental
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -566,8 +568,14 @@ def _attn_fwd(
 
     if not FIXED_M:
         # online softmax with a running max (every mode but the fixed-offset pass)
+        if CARRY_IDS:
+            j_nx, sub_nx = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         for t in range(0, total):
-            j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+            if CARRY_IDS:  # the look-ahead of the previous step found this step's key block
+                j = j_nx
+                sub = sub_nx
+            else:
+                j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
             k_tok, k_ok, b_row, b_col = _key_coords(
                 j, sub, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
             )
@@ -575,7 +583,10 @@ def _attn_fwd(
                 # this step's tile slices of rel_h / rel_w; the next step's are loaded now
                 relh_q = relh_nxt
                 relw_q = relw_nxt
-                j1, _ = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+                j1, sub1 = _step_block(t + 1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+                if CARRY_IDS:
+                    j_nx = j1
+                    sub_nx = sub1
                 relh_nxt, relw_nxt = _tile_slices(
                     relh_rows, relw_rows, j1, NTW, shr, swc, offs_rh, offs_rw, q_ok & (t + 1 < total), TH, TW, RGH, RGW
                 )
@@ -588,6 +599,9 @@ def _attn_fwd(
             if HAS_REL and REL_DOT == 0:
                 t1 = t + 1
                 j1, sub1 = _step_block(t1, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+                if CARRY_IDS:
+                    j_nx = j1
+                    sub_nx = sub1
                 _, k_ok1, b_row1, b_col1 = _key_coords(
                     j1, sub1, nk, offs_n, BK, NTW, LAYOUT, ROWS, SUB_N, BLOCK_N, TGH, TGW, TH, TW, RGW, TILE_REL
                 )
