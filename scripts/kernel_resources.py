@@ -2,7 +2,7 @@
 """Registers, spills and wgmma serialization of SAM's attention kernels, compiled offline (no GPU).
 
     python scripts/kernel_resources.py [--arch 90] [--kinds dense,window] [--config 128/64/4/3]
-                                       [--json out.json] [--sass-dir DIR]
+                                       [--json out.json] [--sass-dir DIR] [--against REV]
 
 For SAM's attention shapes (vit_b H=12 d=64 and vit_h H=16 d=80, bf16): the windowed blocks (read
 in place), and the global blocks dense, with a 25% hierarchical mask of 1x64 tiles and of 8x16
@@ -11,7 +11,8 @@ pass's redo launch) is compiled by the installed Triton for sm_<arch> the way it
 (``samsparse.backends.triton.offline``), and ptxas' verdict is printed: registers, spill bytes,
 stack, C7515 (every wgmma waits for the previous one), SASS instruction counts of the whole kernel
 and of its key loop (the cost of one step). Use it to screen a
-kernel edit before spending device time: compile both revisions and compare the spills. For the
+kernel edit before spending device time: ``--against HEAD`` compiles the committed kernels too and
+prints registers, spills and loop length of both. For the
 GPU machine's numbers, run with its Triton version first on the path, e.g.
 ``pip install --target /tmp/t36 triton==3.6.0 && PYTHONPATH=/tmp/t36 python scripts/kernel_resources.py``.
 """
@@ -28,7 +29,9 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+# --against runs this script again on another revision's samsparse, extracted here
+sys.path.insert(0, os.environ.get("KERNEL_RESOURCES_SRC") or str(ROOT))
 
 from samsparse.backends.triton import offline, ops  # noqa: E402
 from samsparse.backends.triton.configs import TileConfig  # noqa: E402
@@ -91,6 +94,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--sass-dir", type=Path, help="write each kernel's SASS here")
+    ap.add_argument("--against", metavar="REV",
+                    help="also compile git revision REV's kernels (same classes) and print the differences")
     args = ap.parse_args()
     kinds = [x for x in args.kinds.split(",") if x]
     models = [x for x in args.models.split(",") if x]
@@ -131,6 +136,58 @@ def main() -> int:
                         (args.sass_dir / f"{model}_{kind}_{name.replace('/', '-')}_{which}.sass").write_text(rep.sass)
     if args.json:
         args.json.write_text(json.dumps({"triton": triton.__version__, "arch": args.arch, "rows": rows}, indent=1))
+    if args.against:
+        return compare_against(args.against, rows)
+    return 0
+
+
+def compare_against(rev: str, rows: list[dict]) -> int:
+    """Compile ``rev``'s kernels for the same classes (a subprocess on its extracted samsparse) and print
+    registers / spills / loop instructions side by side: ``rev -> working tree``."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    argv = [a for a in sys.argv[1:] if a != "--against" and a != rev and not a.startswith("--against=")]
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "samsparse"], capture_output=True)
+        if archive.returncode != 0:
+            print(f"--against: git archive {rev} failed: {archive.stderr.decode().strip()}", file=sys.stderr)
+            return 2
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        # this tool's own module, also for revisions from before it existed
+        shutil.copy(ROOT / "samsparse" / "backends" / "triton" / "offline.py",
+                    Path(tmp) / "samsparse" / "backends" / "triton" / "offline.py")
+        out = Path(tmp) / "rows.json"
+        env = dict(os.environ, KERNEL_RESOURCES_SRC=tmp)
+        drop = {"--json", "--sass-dir"}
+        clean, skip = [], False
+        for a in argv:
+            if skip:
+                skip = False
+                continue
+            if a in drop:
+                skip = True
+                continue
+            if a.split("=")[0] in drop:
+                continue
+            clean.append(a)
+        res = subprocess.run([sys.executable, __file__, *clean, "--json", str(out)], env=env,
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"--against {rev}: compiling that revision failed:\n{res.stderr[-2000:]}", file=sys.stderr)
+            return 2
+        old = {(r["model"], r["kind"], r["config"], r["kernel"]): r for r in json.loads(out.read_text())["rows"]}
+    print(f"\n{rev} -> working tree (registers, spilled bytes stored, loop instructions):")
+    for r in rows:
+        o = old.get((r["model"], r["kind"], r["config"], r["kernel"]))
+        if o is None:
+            print(f"{r['model']} {r['kind']:11s} {r['config']:15s} {r['kernel']:12s} (new in the working tree)")
+            continue
+        same = all(o[k] == r[k] for k in ("registers", "spill_store_bytes", "loop_instructions", "instructions"))
+        print(f"{r['model']} {r['kind']:11s} {r['config']:15s} {r['kernel']:12s} regs {o['registers']}->{r['registers']}  "
+              f"spills {o['spill_store_bytes']}->{r['spill_store_bytes']} B  loop {o['loop_instructions']}->"
+              f"{r['loop_instructions']}  total {o['instructions']}->{r['instructions']}{'' if not same else '  (same)'}")
     return 0
 
 

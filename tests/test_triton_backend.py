@@ -803,6 +803,30 @@ def test_config_that_does_not_fit_falls_back_to_a_smaller_one(monkeypatch, caplo
         ops.attention(q, k, v)
 
 
+def test_kernel_resources_compares_against_a_git_revision():
+    """``scripts/kernel_resources.py --against HEAD``: both revisions compile offline, one line per launch."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("triton") is None or shutil.which("git") is None:
+        pytest.skip("needs triton and git")
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--models", "vit_b", "--kinds", "dense",
+         "--config", "64/64/4/3", "--against", "HEAD"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
+        pytest.skip("this Triton build has no NVIDIA backend tools")
+    assert res.returncode == 0, res.stderr[-3000:]
+    tail = res.stdout.split("HEAD -> working tree")[-1].strip().splitlines()
+    kernels = [line.split()[3] for line in tail[1:]]
+    assert kernels == ["terms", "fixed-offset", "redo"], res.stdout[-2000:]
+    assert all("regs " in line and "->" in line for line in tail[1:])
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], set(sys.argv[3:]) or None)
