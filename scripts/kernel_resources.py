@@ -137,18 +137,21 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"triton": triton.__version__, "arch": args.arch, "rows": rows}, indent=1))
     if args.against:
-        return compare_against(args.against, rows)
+        return compare_against(args, rows)
     return 0
 
 
-def compare_against(rev: str, rows: list[dict]) -> int:
-    """Compile ``rev``'s kernels for the same classes (a subprocess on its extracted samsparse) and print
-    registers / spills / loop instructions side by side: ``rev -> working tree``."""
+def compare_against(args: argparse.Namespace, rows: list[dict]) -> int:
+    """Compile revision ``args.against``'s kernels for the same classes (this script again, on that
+    revision's extracted samsparse) and print registers / spills / loop instructions side by side."""
     import shutil
     import subprocess
     import tempfile
 
-    argv = [a for a in sys.argv[1:] if a != "--against" and a != rev and not a.startswith("--against=")]
+    rev = args.against
+    argv = ["--arch", str(args.arch), "--models", args.models, "--kinds", args.kinds, "--batch", str(args.batch)]
+    for cfg in args.config or []:
+        argv += ["--config", "/".join(str(x) for x in cfg)]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "samsparse"], capture_output=True)
         if archive.returncode != 0:
@@ -160,19 +163,7 @@ def compare_against(rev: str, rows: list[dict]) -> int:
                     Path(tmp) / "samsparse" / "backends" / "triton" / "offline.py")
         out = Path(tmp) / "rows.json"
         env = dict(os.environ, KERNEL_RESOURCES_SRC=tmp)
-        drop = {"--json", "--sass-dir"}
-        clean, skip = [], False
-        for a in argv:
-            if skip:
-                skip = False
-                continue
-            if a in drop:
-                skip = True
-                continue
-            if a.split("=")[0] in drop:
-                continue
-            clean.append(a)
-        res = subprocess.run([sys.executable, __file__, *clean, "--json", str(out)], env=env,
+        res = subprocess.run([sys.executable, __file__, *argv, "--json", str(out)], env=env,
                              capture_output=True, text=True)
         if res.returncode != 0:
             print(f"--against {rev}: compiling that revision failed:\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -187,7 +178,7 @@ def compare_against(rev: str, rows: list[dict]) -> int:
         same = all(o[k] == r[k] for k in ("registers", "spill_store_bytes", "loop_instructions", "instructions"))
         print(f"{r['model']} {r['kind']:11s} {r['config']:15s} {r['kernel']:12s} regs {o['registers']}->{r['registers']}  "
               f"spills {o['spill_store_bytes']}->{r['spill_store_bytes']} B  loop {o['loop_instructions']}->"
-              f"{r['loop_instructions']}  total {o['instructions']}->{r['instructions']}{'' if not same else '  (same)'}")
+              f"{r['loop_instructions']}  total {o['instructions']}->{r['instructions']}{'  (same)' if same else ''}")
     return 0
 
 

@@ -61,30 +61,19 @@ def test_gpu_matches_reference(case):
     assert res["ok"], "\n".join(res["problems"]) + f"\n{ {k: v for k, v in res.items() if k != 'problems'} }"
 
 
-def test_gpu_fixed_offset_pass_and_redo():
-    """The fixed-offset pass of dense key-row calls on the GPU: flags exactly the programs it cannot
-    hold (none for ordinary inputs), the redo launch gives the running-max result bit for bit, and
-    masked calls keep the running max unless ``SAMSPARSE_TRITON_FIXED_OFFSET=all`` (the interpreter
-    check of tests/test_triton_backend.py, run natively)."""
-    from test_triton_backend import _fixed_offset_check
+@pytest.mark.parametrize("check,kwargs", [
+    ("_fixed_offset_check", {}),  # the pass and its redo launch (shipped)
+    ("_fixed_offset_check", {"offset_in_loop": True}),  # SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 (experimental)
+    ("_carry_ids_check", {}),  # SAMSPARSE_TRITON_CARRY_IDS=1 (experimental)
+], ids=["fixed-offset", "fixed-offset-in-loop", "carry-ids"])
+def test_gpu_interpreter_checks_natively(check, kwargs):
+    """Interpreter checks of tests/test_triton_backend.py run natively on the GPU. The fixed-offset pass
+    of dense key-row calls flags exactly the programs it cannot hold (none for ordinary inputs), the
+    redo launch gives the running-max result bit for bit, and masked calls keep the running max unless
+    ``SAMSPARSE_TRITON_FIXED_OFFSET=all``; the experimental switches must match the reference too."""
+    import test_triton_backend
 
-    res = _fixed_offset_check("cuda")
-    assert res["ok"], "\n".join(res["problems"])
-
-
-def test_gpu_carry_ids_variant():
-    """The experimental sparse loop that reuses its look-ahead's key-block id (SAMSPARSE_TRITON_CARRY_IDS=1)."""
-    from test_triton_backend import _carry_ids_check
-
-    res = _carry_ids_check("cuda")
-    assert res["ok"], "\n".join(res["problems"])
-
-
-def test_gpu_fixed_offset_in_loop_variant():
-    """The experimental pass that takes its offset inside the loop (SAMSPARSE_TRITON_OFFSET_IN_LOOP=1)."""
-    from test_triton_backend import _fixed_offset_check
-
-    res = _fixed_offset_check("cuda", offset_in_loop=True)
+    res = getattr(test_triton_backend, check)("cuda", **kwargs)
     assert res["ok"], "\n".join(res["problems"])
 
 

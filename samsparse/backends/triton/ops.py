@@ -300,6 +300,11 @@ _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
 
+def _experiment(name: str) -> bool:
+    """An experimental kernel switch (``name=1``), read when a plan is made; off by default."""
+    return os.environ.get(name, "0").strip() == "1"
+
+
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
     kern = _kernels()
     b, h = geo.batch, geo.heads
@@ -386,10 +391,10 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
         FIXED_M=int(fixed), REDO=int(redo),
         # experimental, off by default: the pass takes its offset inside the loop's first step
-        OFFSET_IN_LOOP=int(fixed and os.environ.get("SAMSPARSE_TRITON_OFFSET_IN_LOOP", "0").strip() == "1"),
+        OFFSET_IN_LOOP=int(fixed and _experiment("SAMSPARSE_TRITON_OFFSET_IN_LOOP")),
         # experimental, off by default: masked running-max loops with a look-ahead reuse its key-block id
         CARRY_IDS=int(not fixed and geo.masked and geo.has_rel and rel_dot != 1
-                      and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "0").strip() == "1"),
+                      and _experiment("SAMSPARSE_TRITON_CARRY_IDS")),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
