@@ -15,6 +15,9 @@
 #   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
 #   variants   the same (--quick) for the shipped kernels, SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 and
 #              SAMSPARSE_TRITON_CARRY_IDS=1 (experimental switches, off by default)
+#              (and both switches together)
+#   attnseq    bench_attention.py on the sequence layout only (no Flex, no SAM eager, no windows)
+#   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
 #              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
 #              into samsparse/backends/triton/tuned/ for this GPU
@@ -77,7 +80,12 @@ for stage in "${STAGES[@]}"; do
       run variants_inloop 150 env SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" scripts/ab_fixed_offset.py --quick \
           --sparse --json "$OUT/ab_offset_in_loop.json"
       run variants_carry 150 env SAMSPARSE_TRITON_CARRY_IDS=1 "$PY" scripts/ab_fixed_offset.py --quick --sparse \
-          --json "$OUT/ab_carry_ids.json" ;;
+          --json "$OUT/ab_carry_ids.json"
+      run variants_both 150 env SAMSPARSE_TRITON_CARRY_IDS=1 SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" \
+          scripts/ab_fixed_offset.py --quick --sparse --json "$OUT/ab_both.json" ;;
+    attnseq) run attnseq 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
+        --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;
     tune)
       tune=$(mktemp -d)
       for mb in vit_b:8 vit_b:1 vit_h:8 vit_h:1; do

@@ -36,6 +36,7 @@ sys.path.insert(0, os.environ.get("KERNEL_RESOURCES_SRC") or str(ROOT))
 from samsparse.backends.triton import offline, ops  # noqa: E402
 from samsparse.backends.triton.configs import TileConfig  # noqa: E402
 from samsparse.backends.triton.windows import window_attention  # noqa: E402
+from samsparse.masks import BlockMask  # noqa: E402
 from samsparse.masks.hierarchical import hierarchical  # noqa: E402
 from samsparse.relpos import RelPos  # noqa: E402
 
@@ -45,6 +46,8 @@ CONFIGS = {
     "dense": {64: [(128, 64, 4, 3), (64, 64, 4, 3)], 80: [(128, 64, 4, 3), (64, 64, 4, 3)]},
     "sparse-1x64": {64: [(64, 64, 4, 3), (128, 64, 4, 3)], 80: [(64, 64, 4, 3)]},
     "sparse-8x16": {64: [(128, 64, 8, 2), (128, 128, 8, 3)], 80: [(128, 64, 4, 3), (128, 128, 8, 2)]},
+    # bench_attention.py's sparse rows: sequence layout, 128-token blocks, 25% of them per query block
+    "sparse-seq128": {64: [(128, 64, 4, 3), (64, 64, 4, 3)], 80: [(128, 64, 4, 3), (64, 64, 4, 3)]},
 }
 MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}
 # per-step work of the key loop: tensor-core products, the softmax's fp32 / MUFU work, spills
@@ -65,7 +68,10 @@ def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> l
     tables = torch.zeros(2, 127, d, dtype=torch.bfloat16)
     rp = RelPos.from_tables(tables[0], tables[1], (64, 64))
     mask = None
-    if kind.startswith("sparse-"):
+    if kind == "sparse-seq128":
+        blocks = torch.rand(1, heads, 32, 32, generator=torch.Generator().manual_seed(0)) < 0.25
+        mask = BlockMask(blocks | torch.eye(32, dtype=torch.bool), 128, 4096)
+    elif kind.startswith("sparse-"):
         th, tw = (int(x) for x in kind.split("-")[1].split("x"))
         mask = hierarchical((64, 64), (th, tw), heads, 0.25)
     return offline.record_launches(lambda: ops.attention(q, k, v, mask, rp, None, config=cfg))

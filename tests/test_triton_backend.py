@@ -37,7 +37,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile", "fixed-offset", "fixed-offset-in-loop", "carry-ids",
+    "windows-compile", "fixed-offset", "fixed-offset-in-loop", "carry-ids", "fixed-offset-carry-ids",
 ]
 
 
@@ -191,12 +191,13 @@ def _tables_check() -> dict:
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
 
 
-def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False) -> dict:
+def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False, carry_ids: bool = False) -> dict:
     """Key-row mode in bf16 takes the fixed-offset pass; rows it cannot hold exactly are redone.
 
     Runs under the interpreter (``device="cpu"``) and, from tests/test_triton_gpu.py, on a GPU; with
     ``offset_in_loop`` for the experimental variant that takes the offset inside the loop's first step
-    (``SAMSPARSE_TRITON_OFFSET_IN_LOOP=1``).
+    (``SAMSPARSE_TRITON_OFFSET_IN_LOOP=1``); with ``carry_ids`` for the experimental masked pass that
+    takes each step's key-block id from the previous step's look-ahead (``SAMSPARSE_TRITON_CARRY_IDS=1``).
 
     Besides ordinary inputs: height terms that span far more than the pass allows (rel_h table x40)
     and a later key row whose logits are far above every logit of step 0 (its keys x30). Masked
@@ -247,6 +248,7 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False) -> di
     env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
     env.start()
     os.environ["SAMSPARSE_TRITON_OFFSET_IN_LOOP"] = "1" if offset_in_loop else "0"
+    os.environ["SAMSPARSE_TRITON_CARRY_IDS"] = "1" if carry_ids else "0"
     try:
         for name, (kk, th, m, on) in inputs.items():
             outs = {}
@@ -272,6 +274,9 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False) -> di
                 in_loop = [p.constexprs["OFFSET_IN_LOOP"] for p in plans]
                 if in_loop != [int(offset_in_loop and p.constexprs["FIXED_M"]) for p in plans]:
                     problems.append(f"{name}: OFFSET_IN_LOOP of the launches {in_loop}")
+                carried = [p.constexprs["CARRY_IDS"] for p in plans]
+                if carried != [int(carry_ids and m is not None) for p in plans]:
+                    problems.append(f"{name}: CARRY_IDS of the launches {carried}")
             out, lse = outs["1"]
             out0, lse0 = outs["0"]
             # the same softmax as the running-max loop, up to fp32 rounding of the partial sums
@@ -294,7 +299,8 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False) -> di
         env.stop()
         ops._PLANS.clear()
         ops._REDO_PLANS.clear()
-    return {"case": "fixed-offset" + ("-in-loop" if offset_in_loop else ""), "ok": not problems,
+    return {"case": "fixed-offset" + ("-in-loop" if offset_in_loop else "") + ("-carry-ids" if carry_ids else ""),
+            "ok": not problems,
             "problems": problems, "err": worst}
 
 
@@ -520,6 +526,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
         "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
         "fixed-offset-in-loop": lambda: _fixed_offset_check(offset_in_loop=True), "carry-ids": _carry_ids_check,
+        "fixed-offset-carry-ids": lambda: _fixed_offset_check(carry_ids=True),
     }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:

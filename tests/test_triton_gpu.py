@@ -65,7 +65,8 @@ def test_gpu_matches_reference(case):
     ("_fixed_offset_check", {}),  # the pass and its redo launch (shipped)
     ("_fixed_offset_check", {"offset_in_loop": True}),  # SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 (experimental)
     ("_carry_ids_check", {}),  # SAMSPARSE_TRITON_CARRY_IDS=1 (experimental)
-], ids=["fixed-offset", "fixed-offset-in-loop", "carry-ids"])
+    ("_fixed_offset_check", {"carry_ids": True}),  # the same for masked passes (with =all)
+], ids=["fixed-offset", "fixed-offset-in-loop", "carry-ids", "fixed-offset-carry-ids"])
 def test_gpu_interpreter_checks_natively(check, kwargs):
     """Interpreter checks of tests/test_triton_backend.py run natively on the GPU. The fixed-offset pass
     of dense key-row calls flags exactly the programs it cannot hold (none for ordinary inputs), the

@@ -206,7 +206,7 @@ def _fixed_offset_pass(
     RGW: tl.constexpr, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    OFFSET_IN_LOOP: tl.constexpr = 0,
+    OFFSET_IN_LOOP: tl.constexpr = 0, CARRY_IDS: tl.constexpr = 0,
 ):
     """Key-row mode (one key-grid row per step) with the softmax offset fixed after step 0.
 
@@ -264,6 +264,9 @@ def _fixed_offset_pass(
     acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
     if D2 > 0:
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
+    if CARRY_IDS:
+        j_nx = j0
+        sub_nx = sub0
     for t in range(0, total):
         h_cur = h_nxt
         # the next step's height term (step 0's after the last step: the sums end in its unit)
@@ -272,7 +275,13 @@ def _fixed_offset_pass(
         h_nxt = tl.load(relh_rows + row1 * shr, mask=q_ok & (t + 1 < total) & (row1 * RGW < nk), other=0.0)
         h_nxt = tl.where(t + 1 < total, h_nxt.to(tl.float32) * 1.4426950408889634, h0)
 
-        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        if CARRY_IDS:  # this step's key block was the previous step's look-ahead
+            j = j_nx
+            sub = sub_nx
+            j_nx = j1
+            sub_nx = sub1
+        else:
+            j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         k_tok = (j * SUB_N + sub) * RGW + offs_n
         k_ok = (offs_n < RGW) & (k_tok < nk)
         k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
@@ -558,7 +567,7 @@ def _attn_fwd(
             offs_n, offs_d1, offs_d2, dmask1, dmask2,
             relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
             RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST,
-            OFFSET_IN_LOOP,
+            OFFSET_IN_LOOP, CARRY_IDS,
         )
         if D2 > 0:
             acc2 = f_acc2

@@ -392,9 +392,9 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         FIXED_M=int(fixed), REDO=int(redo),
         # experimental, off by default: the pass takes its offset inside the loop's first step
         OFFSET_IN_LOOP=int(fixed and _experiment("SAMSPARSE_TRITON_OFFSET_IN_LOOP")),
-        # experimental, off by default: masked running-max loops with a look-ahead reuse its key-block id
-        CARRY_IDS=int(not fixed and geo.masked and geo.has_rel and rel_dot != 1
-                      and _experiment("SAMSPARSE_TRITON_CARRY_IDS")),
+        # experimental, off by default: masked loops with a look-ahead (running max, or the pass under
+        # SAMSPARSE_TRITON_FIXED_OFFSET=all) reuse its key-block id
+        CARRY_IDS=int(geo.masked and geo.has_rel and rel_dot != 1 and _experiment("SAMSPARSE_TRITON_CARRY_IDS")),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
