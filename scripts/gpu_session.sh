@@ -13,9 +13,7 @@
 #   profile    GPU time per kernel group of the compiled vit_b B=8 encoder, dense and 25%
 #   cold       fully cold optimize(compile="default") first call (fresh caches), with the shipped tuning
 #   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
-#   variants   the same (--quick) for the shipped kernels, SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 and
-#              SAMSPARSE_TRITON_CARRY_IDS=1 (experimental switches, off by default)
-#              (and both switches together)
+#   variants   the same (--quick --sparse) for the shipped kernels and with SAMSPARSE_TRITON_CARRY_IDS=0
 #   attnseq    bench_attention.py on the sequence layout only (no Flex, no SAM eager, no windows)
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
@@ -74,15 +72,11 @@ for stage in "${STAGES[@]}"; do
           --json "$OUT/cold_first_call.json" ;;
     fixedab) run fixedab 300 "$PY" scripts/ab_fixed_offset.py --sparse --json "$OUT/fixed_offset_ab.json" ;;
     variants)
-      # same call: shipped kernels, then each experimental switch (fixed=1 rows: the pass; fixed=0 rows
-      # of the sparse shapes: the masked running-max loop)
+      # same call: shipped kernels, then the key-block ids of masked running-max loops looked up twice per
+      # step (fixed=1 rows: the pass; fixed=0 rows of the sparse shapes: the masked running-max loop)
       run variants_base 150 "$PY" scripts/ab_fixed_offset.py --quick --sparse --json "$OUT/ab_shipped.json"
-      run variants_inloop 150 env SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" scripts/ab_fixed_offset.py --quick \
-          --sparse --json "$OUT/ab_offset_in_loop.json"
-      run variants_carry 150 env SAMSPARSE_TRITON_CARRY_IDS=1 "$PY" scripts/ab_fixed_offset.py --quick --sparse \
-          --json "$OUT/ab_carry_ids.json"
-      run variants_both 150 env SAMSPARSE_TRITON_CARRY_IDS=1 SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 "$PY" \
-          scripts/ab_fixed_offset.py --quick --sparse --json "$OUT/ab_both.json" ;;
+      run variants_nocarry 150 env SAMSPARSE_TRITON_CARRY_IDS=0 "$PY" scripts/ab_fixed_offset.py --quick --sparse \
+          --json "$OUT/ab_no_carry_ids.json" ;;
     attnseq) run attnseq 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;

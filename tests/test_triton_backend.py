@@ -37,7 +37,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile", "fixed-offset", "fixed-offset-in-loop", "carry-ids", "fixed-offset-carry-ids",
+    "windows-compile", "fixed-offset", "carry-ids", "carry-ids-off",
 ]
 
 
@@ -191,13 +191,10 @@ def _tables_check() -> dict:
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
 
 
-def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False, carry_ids: bool = False) -> dict:
+def _fixed_offset_check(device: str = "cpu") -> dict:
     """Key-row mode in bf16 takes the fixed-offset pass; rows it cannot hold exactly are redone.
 
-    Runs under the interpreter (``device="cpu"``) and, from tests/test_triton_gpu.py, on a GPU; with
-    ``offset_in_loop`` for the experimental variant that takes the offset inside the loop's first step
-    (``SAMSPARSE_TRITON_OFFSET_IN_LOOP=1``); with ``carry_ids`` for the experimental masked pass that
-    takes each step's key-block id from the previous step's look-ahead (``SAMSPARSE_TRITON_CARRY_IDS=1``).
+    Runs under the interpreter (``device="cpu"``) and, from tests/test_triton_gpu.py, on a GPU.
 
     Besides ordinary inputs: height terms that span far more than the pass allows (rel_h table x40)
     and a later key row whose logits are far above every logit of step 0 (its keys x30). Masked
@@ -247,8 +244,6 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False, carry
     ops._ATTN_LAUNCHER = Spy()
     env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
     env.start()
-    os.environ["SAMSPARSE_TRITON_OFFSET_IN_LOOP"] = "1" if offset_in_loop else "0"
-    os.environ["SAMSPARSE_TRITON_CARRY_IDS"] = "1" if carry_ids else "0"
     try:
         for name, (kk, th, m, on) in inputs.items():
             outs = {}
@@ -271,11 +266,9 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False, carry
                 want = [(0, 1), (1, 0)] if used else [(0, 0)]
                 if launches != want:
                     problems.append(f"{name}: (FIXED_M, REDO) of the launches {launches}, want {want}")
-                in_loop = [p.constexprs["OFFSET_IN_LOOP"] for p in plans]
-                if in_loop != [int(offset_in_loop and p.constexprs["FIXED_M"]) for p in plans]:
-                    problems.append(f"{name}: OFFSET_IN_LOOP of the launches {in_loop}")
+                # the pass keeps both id lookups per step; the masked running-max loop carries one
                 carried = [p.constexprs["CARRY_IDS"] for p in plans]
-                if carried != [int(carry_ids and m is not None) for p in plans]:
+                if carried != [int(m is not None and not p.constexprs["FIXED_M"]) for p in plans]:
                     problems.append(f"{name}: CARRY_IDS of the launches {carried}")
             out, lse = outs["1"]
             out0, lse0 = outs["0"]
@@ -299,8 +292,7 @@ def _fixed_offset_check(device: str = "cpu", offset_in_loop: bool = False, carry
         env.stop()
         ops._PLANS.clear()
         ops._REDO_PLANS.clear()
-    return {"case": "fixed-offset" + ("-in-loop" if offset_in_loop else "") + ("-carry-ids" if carry_ids else ""),
-            "ok": not problems,
+    return {"case": "fixed-offset", "ok": not problems,
             "problems": problems, "err": worst}
 
 
@@ -312,9 +304,10 @@ _CARRY_IDS_CASES = (  # masked with rel-pos, each a mode with a look-ahead: key 
 )
 
 
-def _carry_ids_check(device: str = "cpu") -> dict:
-    """Experimental ``SAMSPARSE_TRITON_CARRY_IDS=1``: masked running-max loops take each step's key-block
-    id from the previous step's look-ahead; the same cases must still match the reference."""
+def _carry_ids_check(device: str = "cpu", off: bool = False) -> dict:
+    """Masked running-max loops with a look-ahead take each step's key-block id from the previous step's
+    look-ahead (the default); with ``off`` (``SAMSPARSE_TRITON_CARRY_IDS=0``) they look it up twice.
+    Either way the cases must match the reference, and every launch must be in the mode asked for."""
     from unittest import mock
 
     from attention_cases import check, make_inputs
@@ -324,7 +317,7 @@ def _carry_ids_check(device: str = "cpu") -> dict:
 
     cases = {c.id: c for c in INTERPRETER_CASES}
     problems, worst, carried = [], 0.0, 0
-    with mock.patch.dict(os.environ, {"SAMSPARSE_TRITON_CARRY_IDS": "1"}):
+    with mock.patch.dict(os.environ, {"SAMSPARSE_TRITON_CARRY_IDS": "0" if off else ""}):
         ops._PLANS.clear()
         try:
             for cid in _CARRY_IDS_CASES:
@@ -338,9 +331,10 @@ def _carry_ids_check(device: str = "cpu") -> dict:
             carried = sum(p.constexprs["CARRY_IDS"] for p in ops._PLANS.values())
         finally:
             ops._PLANS.clear()
-    if carried != len(_CARRY_IDS_CASES):
-        problems.append(f"{carried} launches had CARRY_IDS=1, want {len(_CARRY_IDS_CASES)} (one per case)")
-    return {"case": "carry-ids", "ok": not problems, "problems": problems, "err": worst}
+    want = 0 if off else len(_CARRY_IDS_CASES)
+    if carried != want:
+        problems.append(f"{carried} launches had CARRY_IDS=1, want {want} (one per case unless off)")
+    return {"case": "carry-ids" + ("-off" if off else ""), "ok": not problems, "problems": problems, "err": worst}
 
 
 def _windows_check() -> dict:
@@ -525,8 +519,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "tables-toeplitz-or-not": _tables_check, "windows-in-place": _windows_check,
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
         "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
-        "fixed-offset-in-loop": lambda: _fixed_offset_check(offset_in_loop=True), "carry-ids": _carry_ids_check,
-        "fixed-offset-carry-ids": lambda: _fixed_offset_check(carry_ids=True),
+        "carry-ids": _carry_ids_check, "carry-ids-off": lambda: _carry_ids_check(off=True),
     }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:

@@ -62,16 +62,16 @@ def test_gpu_matches_reference(case):
 
 
 @pytest.mark.parametrize("check,kwargs", [
-    ("_fixed_offset_check", {}),  # the pass and its redo launch (shipped)
-    ("_fixed_offset_check", {"offset_in_loop": True}),  # SAMSPARSE_TRITON_OFFSET_IN_LOOP=1 (experimental)
-    ("_carry_ids_check", {}),  # SAMSPARSE_TRITON_CARRY_IDS=1 (experimental)
-    ("_fixed_offset_check", {"carry_ids": True}),  # the same for masked passes (with =all)
-], ids=["fixed-offset", "fixed-offset-in-loop", "carry-ids", "fixed-offset-carry-ids"])
+    ("_fixed_offset_check", {}),  # the pass and its redo launch
+    ("_carry_ids_check", {}),  # masked running-max loops carry the look-ahead's key-block id (default)
+    ("_carry_ids_check", {"off": True}),  # SAMSPARSE_TRITON_CARRY_IDS=0
+], ids=["fixed-offset", "carry-ids", "carry-ids-off"])
 def test_gpu_interpreter_checks_natively(check, kwargs):
     """Interpreter checks of tests/test_triton_backend.py run natively on the GPU. The fixed-offset pass
     of dense key-row calls flags exactly the programs it cannot hold (none for ordinary inputs), the
     redo launch gives the running-max result bit for bit, and masked calls keep the running max unless
-    ``SAMSPARSE_TRITON_FIXED_OFFSET=all``; the experimental switches must match the reference too."""
+    ``SAMSPARSE_TRITON_FIXED_OFFSET=all``; masked loops match the reference with carried key-block ids
+    (the default) and without them."""
     import test_triton_backend
 
     res = getattr(test_triton_backend, check)("cuda", **kwargs)

@@ -206,7 +206,6 @@ def _fixed_offset_pass(
     RGW: tl.constexpr, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    OFFSET_IN_LOOP: tl.constexpr = 0, CARRY_IDS: tl.constexpr = 0,
 ):
     """Key-row mode (one key-grid row per step) with the softmax offset fixed after step 0.
 
@@ -229,31 +228,27 @@ def _fixed_offset_pass(
     peeling step 0 out of the loop (its logits are computed twice) faulted on the GPU (Triton 3.6);
     see benchmarks/RESULTS.md, eighth run.
 
-    ``OFFSET_IN_LOOP`` (experimental, ``SAMSPARSE_TRITON_OFFSET_IN_LOOP=1``, not yet timed on a GPU):
-    no separate product of step 0; the loop's first step takes the offset from its own logits (a
-    branch taken once). Compiled offline with Triton 3.6 it drops the extra K load and product and the
-    M128 spills of vit_b; it spills more at vit_h M128.
+    Two variants were measured slower on the H200 and removed (benchmarks/RESULTS.md, ninth run): the
+    offset taken inside the loop's first step instead of this separate product of step 0 (dense vit_b
+    M128 1.33 vs 1.06 ms), and, for masked calls, the key-block id carried from the previous step's
+    look-ahead (it keeps the software pipeliner from issuing future K/V loads early).
 
     Returns (acc1, acc2, l, m, n_bad): sums in the unit 2^m (m = m0 + rel_h of step 0, log2).
     """
     # ---- step 0: the offset
     j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
     row0 = j0 * SUB_N + sub0
-    if OFFSET_IN_LOOP:
-        m0 = tl.zeros([BLOCK_M], dtype=tl.float32)  # set by the loop's first step
-        w_off = relw_tile
-    else:
-        k_tok0 = row0 * RGW + offs_n
-        k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
-        k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
-        k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
-        qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
-        if D2 > 0:
-            k02 = tl.load(k_rows0 + (D1 + offs_d2)[None, :] * skd, mask=k_use0[:, None] & dmask2[None, :], other=0.0)
-            qk0 = _dot(q2, tl.trans(k02), qk0, IEEE, UPCAST)
-        m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
-        m0 = tl.where(m0 == float("-inf"), 0.0, m0)
-        w_off = relw_tile - m0[:, None]
+    k_tok0 = row0 * RGW + offs_n
+    k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
+    k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
+    k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
+    qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
+    if D2 > 0:
+        k02 = tl.load(k_rows0 + (D1 + offs_d2)[None, :] * skd, mask=k_use0[:, None] & dmask2[None, :], other=0.0)
+        qk0 = _dot(q2, tl.trans(k02), qk0, IEEE, UPCAST)
+    m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
+    m0 = tl.where(m0 == float("-inf"), 0.0, m0)
+    w_off = relw_tile - m0[:, None]
     h0 = tl.load(relh_rows + row0 * shr, mask=q_ok & (total > 0) & (row0 * RGW < nk), other=0.0)
     h0 = h0.to(tl.float32) * 1.4426950408889634
     h_nxt = h0
@@ -264,9 +259,6 @@ def _fixed_offset_pass(
     acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
     if D2 > 0:
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
-    if CARRY_IDS:
-        j_nx = j0
-        sub_nx = sub0
     for t in range(0, total):
         h_cur = h_nxt
         # the next step's height term (step 0's after the last step: the sums end in its unit)
@@ -275,13 +267,7 @@ def _fixed_offset_pass(
         h_nxt = tl.load(relh_rows + row1 * shr, mask=q_ok & (t + 1 < total) & (row1 * RGW < nk), other=0.0)
         h_nxt = tl.where(t + 1 < total, h_nxt.to(tl.float32) * 1.4426950408889634, h0)
 
-        if CARRY_IDS:  # this step's key block was the previous step's look-ahead
-            j = j_nx
-            sub = sub_nx
-            j_nx = j1
-            sub_nx = sub1
-        else:
-            j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
+        j, sub = _step_block(t, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
         k_tok = (j * SUB_N + sub) * RGW + offs_n
         k_ok = (offs_n < RGW) & (k_tok < nk)
         k_rows = k_base + k_tok.to(tl.int64)[:, None] * skn
@@ -293,12 +279,6 @@ def _fixed_offset_pass(
         s = qk * qk_scale + w_off
         if not EVEN_K:
             s = tl.where(k_ok[None, :], s, float("-inf"))
-        if OFFSET_IN_LOOP:
-            if t == 0:  # the offset from this step's logits (w_off is still rel_w here)
-                m0 = tl.max(s, 1)
-                m0 = tl.where(m0 == float("-inf"), 0.0, m0)
-                s = s - m0[:, None]
-                w_off = w_off - m0[:, None]
         p = tl.exp2(s)
         l_i = l_i + tl.sum(p, 1)
         l_hi = tl.maximum(l_hi, l_i)  # bounds every p and (times max |v|) every partial output
@@ -373,9 +353,8 @@ def _attn_fwd(
     WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
     FIXED_M: tl.constexpr = 0,  # key-row mode (ROWS == 1): softmax offset fixed after step 0 (_fixed_offset_pass)
     REDO: tl.constexpr = 0,  # the running-max launch after a FIXED_M one: only the programs it flagged
-    OFFSET_IN_LOOP: tl.constexpr = 0,  # FIXED_M, experimental: the offset taken inside the loop's first step
     CARRY_IDS: tl.constexpr = 0,  # running max, masked, rel-pos look-ahead: a step's key-block id comes from
-    # the previous step's look-ahead (one cross-warp id lookup per step instead of two); experimental
+    # the previous step's look-ahead (one cross-warp id lookup per step instead of two)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -567,7 +546,6 @@ def _attn_fwd(
             offs_n, offs_d1, offs_d2, dmask1, dmask2,
             relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
             RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST,
-            OFFSET_IN_LOOP, CARRY_IDS,
         )
         if D2 > 0:
             acc2 = f_acc2
