@@ -230,7 +230,10 @@ class SparseAttention(nn.Module):
         if not self.use_rel_pos:
             return None
         h, w = self.rel_pos_h, self.rel_pos_w
-        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad))
+        # parameters made under torch.inference_mode have no version counter to tell an in-place
+        # update (e.g. load_state_dict) from no change: their tables are gathered in every call
+        cacheable = (not torch.compiler.is_compiling() and not (h.is_inference() or w.is_inference())
+                     and not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)))
         key = None
         if cacheable:
             key = (grid, dtype, h.device, h.data_ptr(), w.data_ptr(), h._version, w._version)

@@ -68,7 +68,7 @@ def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
 def _tensor_key(t: torch.Tensor) -> tuple | None:
     """Identity of a tensor's contents for caching (storage, view, dtype, in-place version); None while
     torch.compile traces or for tensors without storage (nothing is cached then)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or t.is_inference():  # (inference tensors have no version counter)
         return None
     try:
         return (t.device, t.dtype, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version)

@@ -207,6 +207,23 @@ def test_cached_rel_pos_tables_follow_parameter_updates(tiny_sam, image):
     assert (updated - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_model_built_and_patched_under_inference_mode(image, backend):
+    """Parameters made under torch.inference_mode have no version counter: the patched blocks must
+    still run (their rel-pos tables are then gathered every call) and follow in-place updates."""
+    with torch.inference_mode():
+        model = build_tiny_sam(embed_dim=64, depth=3, num_heads=4, img_size=128, window_size=3,
+                               global_attn_indexes=(1,))
+        reference = copy.deepcopy(model)
+        patch(model, backend=backend, blocks="all")
+        out = model.image_encoder(image)
+        expected = reference.image_encoder(image)
+        assert (out - expected).abs().max() <= 1e-5
+        model.image_encoder.blocks[1].attn.rel_pos_h.mul_(2.0)
+        reference.image_encoder.blocks[1].attn.rel_pos_h.mul_(2.0)
+        assert (model.image_encoder(image) - reference.image_encoder(image)).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize(
     "name,depth,global_blocks",
     [("vit_b", 12, [2, 5, 8, 11]), ("vit_l", 24, [5, 11, 17, 23]), ("vit_h", 32, [7, 15, 23, 31])],

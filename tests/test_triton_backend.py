@@ -876,3 +876,65 @@ def test_offline_compile_reports_what_ptxas_made_of_each_launch():
         assert 16 <= regs <= 255 and n_sass > 100, (name, regs, n_sass)
         assert spills >= 0
     assert all(r[5] > 0 for r in out["rows"][1:]), "the attention kernels (BLOCK_M 64) have no wgmma in their sm_90 SASS"
+
+
+def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
+    """The fast launch path (GPU only, so faked here): the first call of a specialization goes through
+    ``kernel[grid]``; later calls with the same plan, dtypes, 16-byte alignment and ints launch the kept
+    kernel directly, with Triton's launch metadata only when a launch hook is set; a misaligned
+    pointer, another dtype or another int value is a new specialization."""
+    from types import SimpleNamespace
+
+    from samsparse.backends.triton import ops
+
+    compiles, runs = [], []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def launch_metadata(self, grid, stream, *args):
+            return ("metadata", grid)
+
+        def run(self, gx, gy, gz, stream, function, packed, meta, enter, leave, *args):
+            runs.append((gx, gy, stream, meta, enter, args))
+
+    class Jit:
+        arg_names = ["A", "B", "x", "n", "C"]
+
+        def __getitem__(self, grid):
+            def launch(*args, **constexprs):
+                compiles.append((grid, args, constexprs))
+                return Compiled()
+            return launch
+
+    monkeypatch.setattr(ops, "_kernels", lambda: SimpleNamespace(fake=Jit()))
+    runtime = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    driver = SimpleNamespace(active=SimpleNamespace(get_current_stream=lambda idx: 7))
+    launcher = ops._Launcher("fake")
+    launcher.enabled = True
+    launcher._rt = (runtime, driver)
+    dev = torch.device("cpu")
+    a = torch.zeros(64, dtype=torch.float16)
+    b = torch.zeros(64, dtype=torch.float32)
+
+    def call(x, y, n=3):
+        launcher((2, 5), (x, y), (0.5,), (n,), {"C": 4}, "plan", dev)
+
+    call(a, b)
+    assert len(compiles) == 1 and not runs
+    call(a, b)
+    assert len(compiles) == 1 and len(runs) == 1
+    gx, gy, stream, meta, enter, args = runs[0]
+    assert (gx, gy, stream, meta, enter) == (2, 5, 7, None, None)
+    assert args[0] is a and args[1] is b and args[2:] == (0.5, 3, 4)  # tensors, floats, ints, constexpr tail
+    hook = lambda metadata: None  # noqa: E731
+    runtime.launch_enter_hook = hook
+    call(a, b)
+    assert runs[-1][3] == ("metadata", (2, 5)) and runs[-1][4] is hook
+    runtime.launch_enter_hook = None
+    call(a[1:], b)  # 2 bytes off a 16-byte boundary: Triton specializes on that
+    call(a, b.half())  # another dtype
+    call(a, b, n=4)  # another int value
+    assert len(compiles) == 4 and len(runs) == 2
+    call(a[1:], b)
+    assert len(compiles) == 4 and len(runs) == 3 and runs[-1][5][0].data_ptr() == a[1:].data_ptr()

@@ -375,7 +375,19 @@ def mask_kernel_args(mask: BlockMask | None, device: torch.device) -> MaskKernel
     kernels as the sequence layout with the same block ids (the faster path).
     """
     if mask is None:
-        return MaskKernelArgs()
+        return _DENSE_ARGS
+    # cached on the mask like its index form (a mask's blocks are not to be changed in place)
+    key = ("kernel_args", device)
+    hit = mask._derived.get(key)
+    if hit is None:
+        hit = mask._derived[key] = _mask_kernel_args(mask, device)
+    return hit
+
+
+_DENSE_ARGS = MaskKernelArgs()
+
+
+def _mask_kernel_args(mask: BlockMask, device: torch.device) -> MaskKernelArgs:
     idx = mask.to_indices(device)
     bq, bk = mask.block_size
     if mask.layout == "tiles":

@@ -15,8 +15,10 @@ mask enters as its cached index tensors, the rel-pos as its tables or terms.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -98,16 +100,19 @@ class _Launcher:
 
     def __call__(self, grid, tensors: tuple, floats: tuple, ints: tuple, constexprs: dict, plan_key, device) -> None:
         """Launch with positional args ``(*tensors, *floats, *ints)`` then ``constexprs``."""
-        fn = getattr(_kernels(), self.name)
         if self.enabled is None:
             self.enabled = _fast_launch_default()
         if not self.enabled:
-            fn[grid](*tensors, *floats, *ints, **constexprs)
+            getattr(_kernels(), self.name)[grid](*tensors, *floats, *ints, **constexprs)
             return
-        # Triton specializes tensors on dtype and 16-byte alignment, ints on their value
-        key = (plan_key, device, tuple((t.dtype, t.data_ptr() & 15) for t in tensors), ints)
+        # Triton specializes tensors on dtype and 16-byte alignment, ints on their value. The
+        # alignment part of the key is one flag when every pointer is 16-byte aligned (the usual case)
+        ptrs = tuple(map(_DATA_PTR, tensors))
+        align = 0 if _or_all(ptrs) & 15 == 0 else tuple(p & 15 for p in ptrs)
+        key = (plan_key, device, tuple(map(_DTYPE, tensors)), align, ints)
         entry = self.cache.get(key)
         if entry is None:
+            fn = getattr(_kernels(), self.name)
             compiled = fn[grid](*tensors, *floats, *ints, **constexprs)
             if compiled is not None and not hasattr(compiled, "result"):
                 n = len(tensors) + len(floats) + len(ints)
@@ -124,16 +129,28 @@ class _Launcher:
             runtime, driver = self._rt
             full = (*tensors, *floats, *ints, *tail)
             stream = driver.active.get_current_stream(device.index if device.index is not None else 0)
+            enter = runtime.launch_enter_hook  # (Triton's launch_metadata is None without this hook)
+            meta = compiled.launch_metadata(grid, stream, *full) if enter is not None else None
             compiled.run(
-                grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
-                compiled.launch_metadata(grid, stream, *full),
-                runtime.launch_enter_hook, runtime.launch_exit_hook, *full,
+                grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, meta,
+                enter, runtime.launch_exit_hook, *full,
             )
         except Exception as exc:  # an unexpected Triton internals change: use the normal path from now on
             log.warning("fast Triton launch failed (%s); using kernel[grid] from now on", exc)
             self.enabled = False
             self.cache.clear()
-            fn[grid](*tensors, *floats, *ints, **constexprs)
+            getattr(_kernels(), self.name)[grid](*tensors, *floats, *ints, **constexprs)
+
+
+_DATA_PTR = operator.methodcaller("data_ptr")
+_DTYPE = operator.attrgetter("dtype")
+
+
+def _or_all(values: tuple[int, ...]) -> int:
+    acc = 0
+    for x in values:
+        acc |= x
+    return acc
 
 
 _ATTN_LAUNCHER = _Launcher("_attn_fwd")
@@ -141,12 +158,16 @@ _TERMS_CONSTEXPRS: dict = {}
 _TERMS_LAUNCHER = _Launcher("_relpos_terms")
 
 
-def _device_ctx(t: torch.Tensor):
-    if t.is_cuda:
-        return torch.cuda.device(t.device)
-    import contextlib
+_NO_CONTEXT = contextlib.nullcontext()
 
-    return contextlib.nullcontext()
+
+def _device_ctx(t: torch.Tensor):
+    """Make t's GPU the current device for the launches (nothing to do when it already is)."""
+    if t.is_cuda:
+        idx = t.get_device()
+        if idx != torch.cuda.current_device():
+            return torch.cuda.device(idx)
+    return _NO_CONTEXT
 
 
 # ---------------------------------------------------------------------------- rel-pos terms
@@ -497,6 +518,7 @@ def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig
 
 
 _TUNED: dict = {}  # (geometry, device) -> TileConfig
+_GEOMETRIES: dict = {}  # call signature of _attention_impl -> its _Geometry
 
 
 def _out_of_resources(exc: BaseException) -> bool:
@@ -596,18 +618,27 @@ def _attention_impl(
             )
             if not in_program:
                 rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
-        geo = _Geometry(
-            batch=b, heads=h, kv_heads=hkv, nq=nq, nk=nk, head_dim=d, dtype=q.dtype,
-            masked=masked, layout=layout if masked else LAYOUT_SEQUENCE,
-            block_q=block_q if masked else 0, block_k=block_k if masked else 0,
-            num_q_blocks=kv_num_blocks.shape[2] if masked else 0,
-            num_k_blocks=kv_indices.shape[3] if masked else 0,
-            tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
-            tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
-            has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
-            rel_dtype_ok=not has_rel or in_program or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype),
-            rel_tables=in_program,
-        )
+        rel_dtype_ok = not has_rel or in_program or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype)
+        # one geometry object per call signature: building and hashing the dataclass costs as much
+        # as a launch's Python at B=1
+        gkey = (b, h, hkv, nq, nk, d, q.dtype, masked, layout, block_q, block_k,
+                kv_num_blocks.shape[2] if masked else 0, kv_indices.shape[3] if masked else 0,
+                tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program)
+        geo = _GEOMETRIES.get(gkey)
+        if geo is None:
+            geo = _Geometry(
+                batch=b, heads=h, kv_heads=hkv, nq=nq, nk=nk, head_dim=d, dtype=q.dtype,
+                masked=masked, layout=layout if masked else LAYOUT_SEQUENCE,
+                block_q=block_q if masked else 0, block_k=block_k if masked else 0,
+                num_q_blocks=gkey[11], num_k_blocks=gkey[12],
+                tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
+                tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
+                has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
+                rel_dtype_ok=rel_dtype_ok, rel_tables=in_program,
+            )
+            if len(_GEOMETRIES) > 256:  # bounded: varying input sizes must not grow memory
+                _GEOMETRIES.clear()
+            _GEOMETRIES[gkey] = geo
         strides = (q.stride(), k.stride(), v.stride(), out.stride(), lse.stride())
         scale2 = float(scale) * LOG2E
 
@@ -667,11 +698,12 @@ def attention(
     toeplitz = 0
     if rel_pos is not None:
         qg, kg = tuple(rel_pos.q_grid), tuple(rel_pos.k_grid)
-        ready = rel_pos.ready_terms(q)  # (not terms cached by RelPos.terms for another q)
+        # (not terms cached by RelPos.terms for another q)
+        ready = rel_pos.ready_terms(q) if rel_pos.rel_h is not None else None
         if ready is not None:
-            rel_h, rel_w = ready[0].to(q.device), ready[1].to(q.device)
+            rel_h, rel_w = _on(ready[0], q.device), _on(ready[1], q.device)
         else:
-            rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)
+            rh, rw = _on(rel_pos.rh, q.device), _on(rel_pos.rw, q.device)
             toeplitz = int(rel_pos.toeplitz)
     c = config or TileConfig(0, 0, 0, 0)
     # eager calls skip the dispatcher (tens of microseconds); traced code sees the custom op
@@ -681,6 +713,10 @@ def attention(
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
         c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz,
     )
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
 
 
 # ---------------------------------------------------------------------------- varlen
