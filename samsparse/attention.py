@@ -338,13 +338,17 @@ class SparseAttention(nn.Module):
             raise ValueError(f"SparseAttention expects [B, H, W, C] input, got {tuple(x.shape)}")
         b, gh, gw, _ = x.shape
         q, k, v = self._heads(x)
+        return self._project_out(self._attend_heads(q, k, v, (gh, gw)), b, gh, gw)
+
+    def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Everything between the projections: q, k, v [B, heads, N, D] (views of the qkv projection,
+        N = grid[0] * grid[1]) -> attention output [B, heads, N, D] (q/k norms, the rel-pos tables, the
+        mask for this grid, the backend chosen for this call and cached)."""
         if self._has_qk_norm():
             q, k = self.q_norm(q), self.k_norm(k)
-        rel_pos = self._rel_pos((gh, gw), q.dtype)
-        mask = self.mask_source.get((gh, gw), self.num_heads, q, k)
+        rel_pos = self._rel_pos(grid, q.dtype)
+        mask = self.mask_source.get(grid, self.num_heads, q, k)
         backend, checked = self._backend_for(q, k, v, mask, rel_pos)
         if checked:
-            out = backend._attend(q, k, v, mask, rel_pos, self.scale, False)
-        else:
-            out = backend.attend(q, k, v, mask, rel_pos, self.scale)
-        return self._project_out(out, b, gh, gw)
+            return backend._attend(q, k, v, mask, rel_pos, self.scale, False)
+        return backend.attend(q, k, v, mask, rel_pos, self.scale)

@@ -62,3 +62,24 @@ def test_profile_encoder_groups_kernels_by_what_they_do():
     }
     for name, group in cases.items():
         assert profile_encoder.group_of(name) == group, name
+
+
+def test_bench_attention_cpu_smoke_times_every_contender_of_ours(tmp_path):
+    """bench_attention.py end to end on a tiny grid under the Triton interpreter: each of our rows
+    (whole call, the patched block's call, terms handed in, sparse) runs and matches the reference."""
+    import json
+    import os
+
+    out = tmp_path / "attention.json"
+    proc = _run(
+        [sys.executable, "scripts/bench_attention.py", "--device", "cpu", "--batches", "1", "--models", "b",
+         "--grid", "8", "--densities", "1,0.5", "--block", "16", "--skip-flex", "--skip-eager", "--no-window",
+         "--rep", "1", "--json", str(out)],
+        env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["contender"].startswith("ours")]
+    got = {(r["contender"], r["density"]) for r in rows}
+    assert {("ours", 1.0), ("ours_module", 1.0), ("ours_terms", 1.0), ("ours", 0.5)} <= got, got
+    for r in rows:
+        assert r.get("max_rel_err", 1.0) <= 2e-2, r
