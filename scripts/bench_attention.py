@@ -92,6 +92,9 @@ import torch.nn.functional as F  # noqa: E402
 from samsparse.masks import BlockMask  # noqa: E402
 from samsparse.relpos import RelPos, gather_rel_pos  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch_scaling import sam_block_attention, time_ms  # noqa: E402
+
 MODELS = {"b": (12, 64), "h": (16, 80)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -219,18 +222,6 @@ def ours_prebuilt(q, k, v, rel_pos, scale, mask):
     return triton_backend().attend(q, k, v, mask, rel_pos, scale)
 
 
-def sam_block_attention(heads: int, head_dim: int, rel_pos_h, rel_pos_w, grid):
-    """A patched SAM block's attention module (Triton backend) holding these rel-pos tables."""
-    from samsparse import SparseAttention
-
-    block = SparseAttention(heads * head_dim, heads, use_rel_pos=True, input_size=grid, backend="triton")
-    block = block.to(rel_pos_h.device, rel_pos_h.dtype).eval()
-    with torch.no_grad():
-        block.rel_pos_h.copy_(rel_pos_h)
-        block.rel_pos_w.copy_(rel_pos_w)
-    return block
-
-
 def ours_terms(q, k, v, rel_h, rel_w, grid, scale, mask):
     from samsparse.backends.triton.ops import attention
 
@@ -287,16 +278,7 @@ def sync() -> None:
 
 def bench(fn, rep: int) -> float:
     """Median time (ms) by triton.testing.do_bench on CUDA; a plain loop on the CPU (smoke test)."""
-    if not torch.cuda.is_available():
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return sorted(times)[1]
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=10, rep=rep, return_mode="median"))
+    return time_ms(fn, rep, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def host_us(fn, iters: int = 20) -> float:

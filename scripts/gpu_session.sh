@@ -15,6 +15,7 @@
 #   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
 #   variants   the same (--quick --sparse) for the shipped kernels and with SAMSPARSE_TRITON_CARRY_IDS=0
 #   attnseq    bench_attention.py on the sequence layout only (no Flex, no SAM eager, no windows)
+#   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
 #              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
@@ -79,6 +80,8 @@ for stage in "${STAGES[@]}"; do
           --json "$OUT/ab_no_carry_ids.json" ;;
     attnseq) run attnseq 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    scaling) run scaling 300 "$PY" scripts/bench_batch_scaling.py --rounds 7 --json "$OUT/batch_scaling.json" \
+        --md "$OUT/batch_scaling.md" ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;
     tune)
       tune=$(mktemp -d)

@@ -15,7 +15,7 @@ SH_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 GPU_ONLY = {
     "first_call_encoder.py", "profile_encoder.py", "profile_kernels.py", "profile_host.py", "cuda_memcheck_case.py",
     "bench_linear_act.py", "sweep_window_configs.py", "sweep_maxnreg.py", "check_wgmma_serialization.py",
-    "ab_fixed_offset.py",
+    "ab_fixed_offset.py", "bench_batch_scaling.py",
 }
 
 
@@ -83,3 +83,21 @@ def test_bench_attention_cpu_smoke_times_every_contender_of_ours(tmp_path):
     assert {("ours", 1.0), ("ours_module", 1.0), ("ours_terms", 1.0), ("ours", 0.5)} <= got, got
     for r in rows:
         assert r.get("max_rel_err", 1.0) <= 2e-2, r
+
+
+def test_bench_batch_scaling_cpu_smoke(tmp_path):
+    """bench_batch_scaling.py end to end on a tiny grid under the Triton interpreter: per-round ratios of
+    the patched block's call at B=1 and at the larger batch, and their median."""
+    import json
+    import os
+
+    out = tmp_path / "scaling.json"
+    proc = _run(
+        [sys.executable, "scripts/bench_batch_scaling.py", "--device", "cpu", "--models", "b", "--grid", "8",
+         "--large", "2", "--rounds", "2", "--json", str(out)],
+        env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["models"]["vit_b"]["call"]
+    assert len(row["ratios"]) == 2 and row["median_ratio"] > 0
+    assert abs(row["median_ratio"] - (row["ratios"][0] + row["ratios"][1]) / 2) < 1e-9
