@@ -17,7 +17,7 @@ from torch import nn
 from .backends import registry
 from .backends.base import Backend
 from .masks.block_mask import BlockMask
-from .relpos import RelPos
+from .relpos import RelPos, _tensor_key
 
 __all__ = ["SparseAttention", "MaskSource", "is_sam_attention"]
 
@@ -230,13 +230,15 @@ class SparseAttention(nn.Module):
         if not self.use_rel_pos:
             return None
         h, w = self.rel_pos_h, self.rel_pos_w
-        # parameters made under torch.inference_mode have no version counter to tell an in-place
-        # update (e.g. load_state_dict) from no change: their tables are gathered in every call
-        cacheable = (not torch.compiler.is_compiling() and not (h.is_inference() or w.is_inference())
-                     and not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)))
         key = None
-        if cacheable:
-            key = (grid, dtype, h.device, h.data_ptr(), w.data_ptr(), h._version, w._version)
+        if not (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)):
+            # None while torch.compile traces, and for parameters made under torch.inference_mode (no
+            # version counter to tell an in-place update, e.g. load_state_dict, from no change): their
+            # tables are gathered in every call
+            key_h, key_w = _tensor_key(h), _tensor_key(w)
+            if key_h is not None and key_w is not None:
+                key = (grid, dtype, key_h, key_w)
+        if key is not None:
             hit = self._tables.get(key)
             if hit is not None:
                 return RelPos(grid, grid, rh=hit[0], rw=hit[1], toeplitz=True)  # gathered by from_tables

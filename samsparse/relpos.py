@@ -67,7 +67,8 @@ def gather_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
 
 def _tensor_key(t: torch.Tensor) -> tuple | None:
     """Identity of a tensor's contents for caching (storage, view, dtype, in-place version); None while
-    torch.compile traces or for tensors without storage (nothing is cached then)."""
+    torch.compile traces, for inference tensors (no version counter) or for tensors without storage
+    (nothing is cached then)."""
     if torch.compiler.is_compiling() or t.is_inference():  # (inference tensors have no version counter)
         return None
     try:
@@ -180,7 +181,8 @@ class RelPos:
     def ready_terms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The terms held for q without computing anything: the caller's, or those :meth:`terms`
         cached for this very q (same tensor, not modified since); None when there are none."""
-        return self._ready_terms(_tensor_key(q))
+        # q's identity matters only for cached terms (and costs a few us per call to read)
+        return self._ready_terms(_tensor_key(q) if self._terms_are_cache else None)
 
     @property
     def _terms_are_cache(self) -> bool:

@@ -317,7 +317,11 @@ def _carry_ids_check(device: str = "cpu", off: bool = False) -> dict:
 
     cases = {c.id: c for c in INTERPRETER_CASES}
     problems, worst, carried = [], 0.0, 0
-    with mock.patch.dict(os.environ, {"SAMSPARSE_TRITON_CARRY_IDS": "0" if off else ""}):
+    with mock.patch.dict(os.environ):
+        if off:
+            os.environ["SAMSPARSE_TRITON_CARRY_IDS"] = "0"
+        else:
+            os.environ.pop("SAMSPARSE_TRITON_CARRY_IDS", None)
         ops._PLANS.clear()
         try:
             for cid in _CARRY_IDS_CASES:

@@ -368,6 +368,9 @@ class MaskKernelArgs:
     tile: tuple[int, int] = (0, 0)
 
 
+_DENSE_ARGS = MaskKernelArgs()
+
+
 def mask_kernel_args(mask: BlockMask | None, device: torch.device) -> MaskKernelArgs:
     """Kernel arguments for ``mask`` on ``device`` (indices cached on the mask).
 
@@ -382,9 +385,6 @@ def mask_kernel_args(mask: BlockMask | None, device: torch.device) -> MaskKernel
     if hit is None:
         hit = mask._derived[key] = _mask_kernel_args(mask, device)
     return hit
-
-
-_DENSE_ARGS = MaskKernelArgs()
 
 
 def _mask_kernel_args(mask: BlockMask, device: torch.device) -> MaskKernelArgs:

@@ -16,6 +16,7 @@ mask enters as its cached index tensors, the rel-pos as its tables or terms.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import operator
@@ -108,7 +109,7 @@ class _Launcher:
         # Triton specializes tensors on dtype and 16-byte alignment, ints on their value. The
         # alignment part of the key is one flag when every pointer is 16-byte aligned (the usual case)
         ptrs = tuple(map(_DATA_PTR, tensors))
-        align = 0 if _or_all(ptrs) & 15 == 0 else tuple(p & 15 for p in ptrs)
+        align = 0 if functools.reduce(operator.or_, ptrs, 0) & 15 == 0 else tuple(p & 15 for p in ptrs)
         key = (plan_key, device, tuple(map(_DTYPE, tensors)), align, ints)
         entry = self.cache.get(key)
         if entry is None:
@@ -144,13 +145,6 @@ class _Launcher:
 
 _DATA_PTR = operator.methodcaller("data_ptr")
 _DTYPE = operator.attrgetter("dtype")
-
-
-def _or_all(values: tuple[int, ...]) -> int:
-    acc = 0
-    for x in values:
-        acc |= x
-    return acc
 
 
 _ATTN_LAUNCHER = _Launcher("_attn_fwd")
@@ -619,8 +613,8 @@ def _attention_impl(
             if not in_program:
                 rel_h, rel_w = relpos_terms(q, rh, rw, (rel_q_grid_h, rel_q_grid_w), (rel_k_grid_h, rel_k_grid_w))
         rel_dtype_ok = not has_rel or in_program or (rel_h.dtype == q.dtype and rel_w.dtype == q.dtype)
-        # one geometry object per call signature: building and hashing the dataclass costs as much
-        # as a launch's Python at B=1
+        # one geometry object per call signature: building the frozen dataclass took ~3.5 us per call
+        # (desktop CPU), a tenth of a B=1 call's Python; the lookup ~0.3 us
         gkey = (b, h, hkv, nq, nk, d, q.dtype, masked, layout, block_q, block_k,
                 kv_num_blocks.shape[2] if masked else 0, kv_indices.shape[3] if masked else 0,
                 tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program)
@@ -698,8 +692,7 @@ def attention(
     toeplitz = 0
     if rel_pos is not None:
         qg, kg = tuple(rel_pos.q_grid), tuple(rel_pos.k_grid)
-        # (not terms cached by RelPos.terms for another q)
-        ready = rel_pos.ready_terms(q) if rel_pos.rel_h is not None else None
+        ready = rel_pos.ready_terms(q)  # (not terms cached by RelPos.terms for another q)
         if ready is not None:
             rel_h, rel_w = _on(ready[0], q.device), _on(ready[1], q.device)
         else:
