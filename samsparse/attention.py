@@ -95,7 +95,10 @@ class MaskSource:
             return self.recipe.build_dynamic(q, k, grid)
         key = (tuple(grid), heads, q.device)
         if key not in self._cache:
-            self._cache[key] = self.recipe.build(grid=tuple(grid), num_heads=heads, device=q.device)
+            mask = self.recipe.build(grid=tuple(grid), num_heads=heads, device=q.device)
+            if not torch.compiler.is_compiling():
+                mask.key_blocks_per_row()  # read once per static mask, so kernels never sync for it
+            self._cache[key] = mask
         return self._cache[key]
 
 

@@ -34,21 +34,15 @@ from samsparse.masks import BlockMask  # noqa: E402
 from samsparse.backends.triton.configs import TileConfig  # noqa: E402
 from samsparse.relpos import RelPos, gather_rel_pos  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_masks import random_mask  # noqa: E402
+
 
 def set_mode(fixed: str) -> None:
     os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = fixed
     ops._PLANS.clear()
     ops._REDO_PLANS.clear()
     ops._ATTN_LAUNCHER.cache.clear()
-
-
-def random_mask(h: int, n: int, density: float, seed: int, block: int = 128) -> BlockMask:
-    """Per-head random key blocks of ``block`` tokens (diagonal kept), round(density * blocks) per row."""
-    g = torch.Generator().manual_seed(seed)
-    m = n // block
-    score = torch.rand(1, h, m, m, generator=g) + 2.0 * torch.eye(m)
-    top = score.topk(max(1, round(density * m)), dim=-1).indices
-    return BlockMask(torch.zeros(1, h, m, m, dtype=torch.bool).scatter_(-1, top, True), block, n).to("cuda")
 
 
 def reference(q, k, v, rph, rpw, grid: int, scale: float, mask: BlockMask | None = None) -> torch.Tensor:
@@ -82,7 +76,7 @@ def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64,
     terms = RelPos((grid, grid), (grid, grid), rel_h=rel_h, rel_w=rel_w)
     qc, kc, vc = (t.contiguous() for t in (q, k, v))
     sdpa = float(do_bench_cudagraph(lambda: F.scaled_dot_product_attention(qc, kc, vc, scale=scale)))
-    mask = None if density >= 1.0 else random_mask(h, n, density, seed=int(density * 1000))
+    mask = None if density >= 1.0 else random_mask("sequence", h, (grid, grid), density, int(density * 1000), "cuda")
     on = "1" if mask is None else "all"  # masked calls take the pass only with =all
     ref = reference(q, k, v, rph, rpw, grid, scale, mask)
     flops = 4 * b * h * n * n * d * (1.0 if mask is None else mask.density())

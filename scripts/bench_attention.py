@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import sys
 import tempfile
@@ -94,6 +93,7 @@ from samsparse.relpos import RelPos, gather_rel_pos  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batch_scaling import sam_block_attention, time_ms  # noqa: E402
+from bench_masks import random_mask  # noqa: E402
 
 MODELS = {"b": (12, 64), "h": (16, 80)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -229,25 +229,6 @@ def ours_terms(q, k, v, rel_h, rel_w, grid, scale, mask):
 
 
 # ---------------------------------------------------------------------------- masks and reference
-def random_mask(kind: str, h: int, grid, density: float, seed: int, device, block: int = 128, tile=(8, 16)) -> BlockMask:
-    """Per-head random key-block selection with the diagonal kept; each query row reads round(p*Mk) blocks."""
-    g = torch.Generator().manual_seed(seed)
-    n = grid[0] * grid[1]
-    th, tw = tile
-    if kind == "tiles":
-        m = math.ceil(grid[0] / th) * math.ceil(grid[1] / tw)
-    else:
-        m = math.ceil(n / block)
-    keep = max(1, round(density * m))
-    score = torch.rand(1, h, m, m, generator=g)
-    score += 2.0 * torch.eye(m)  # the diagonal first
-    top = score.topk(keep, dim=-1).indices
-    blocks = torch.zeros(1, h, m, m, dtype=torch.bool).scatter_(-1, top, True)
-    if kind == "tiles":
-        return BlockMask(blocks, None, None, layout="tiles", grid=grid, tile=(th, tw)).to(device)
-    return BlockMask(blocks, block, n).to(device)
-
-
 @torch.no_grad()
 def reference(q, k, v, rel_pos_h, rel_pos_w, grid, scale, mask: BlockMask | None):
     """float32 reference (rel terms in fp32), one batch element at a time."""

@@ -15,6 +15,9 @@
 #   fixedab    scripts/ab_fixed_offset.py --sparse: the global kernel's fixed-offset pass vs its running max
 #   variants   the same (--quick --sparse) for the shipped kernels and with SAMSPARSE_TRITON_CARRY_IDS=0
 #   attnseq    bench_attention.py on the sequence layout only (no Flex, no SAM eager, no windows)
+#   attnseq_dense  the same with the fixed-offset pass kept to dense calls (SAMSPARSE_TRITON_FIXED_OFFSET=dense)
+#   terms      scripts/bench_terms.py: tile configs of the rel-pos terms kernel on SAM's global shapes
+#   hostprof   scripts/profile_host.py: host time per call of each piece, and a cProfile of vit_b B=1's call
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
@@ -80,6 +83,11 @@ for stage in "${STAGES[@]}"; do
           --json "$OUT/ab_no_carry_ids.json" ;;
     attnseq) run attnseq 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    attnseq_dense) run attnseq_dense 420 env SAMSPARSE_TRITON_FIXED_OFFSET=dense "$PY" scripts/bench_attention.py \
+        --layouts sequence --skip-flex --skip-eager --no-window \
+        --json "$OUT/attention_seq_passdense.json" --md "$OUT/attention_seq_passdense.md" ;;
+    terms) run terms 300 "$PY" scripts/bench_terms.py --json "$OUT/terms_configs.json" ;;
+    hostprof) run hostprof 200 "$PY" scripts/profile_host.py --cprofile 300 ;;
     scaling) run scaling 300 "$PY" scripts/bench_batch_scaling.py --rounds 7 --json "$OUT/batch_scaling.json" \
         --md "$OUT/batch_scaling.md" ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;

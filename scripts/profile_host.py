@@ -3,7 +3,11 @@
 
 Tiny shapes keep the GPU idle, so the wall time per call is the host time. Also times a
 patched SAM attention module end to end (eager) for the vit_b global and window shapes.
-Usage: PYTHONPATH=. python scripts/profile_host.py
+Usage: PYTHONPATH=. python scripts/profile_host.py [--cprofile CALLS] [--shapes "tiny,global B=1,window B=8"]
+
+With ``--cprofile CALLS`` it also runs cProfile over that many calls of the vit_b global B=1 call a
+patched block makes between its projections (``SparseAttention._attend_heads``, real shape, so the
+GPU is busy as in the benchmarks) and prints the functions with the most own time.
 """
 
 from __future__ import annotations
@@ -45,7 +49,11 @@ def main() -> int:
     from samsparse.backends.triton import ops
 
     rows = []
-    for name, (b, h, g, d) in {"tiny": (1, 1, 8, 64), "global B=1": (1, 12, 64, 64), "window B=8": (200, 12, 14, 64)}.items():
+    shapes = {"tiny": (1, 1, 8, 64), "global B=1": (1, 12, 64, 64), "window B=8": (200, 12, 14, 64)}
+    if "--shapes" in sys.argv:  # e.g. --shapes "global B=1,window B=8"
+        keep = sys.argv[sys.argv.index("--shapes") + 1].split(",")
+        shapes = {k: v for k, v in shapes.items() if k in keep}
+    for name, (b, h, g, d) in shapes.items():
         n = g * g
         qkv = torch.randn(b, n, 3, h, d, device=dev, dtype=dt)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -64,13 +72,43 @@ def main() -> int:
         mod = SparseAttention(h * d, h, use_rel_pos=True, input_size=(g, g)).to(dev, dt).eval()
         x = torch.randn(b, g, g, h * d, device=dev, dtype=dt)
         with torch.no_grad():
+            qkv_m = mod.qkv(x.reshape(b, n, h * d)).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+            rows.append((name, "SparseAttention._attend_heads", host_us(lambda: mod._attend_heads(*qkv_m.unbind(0), (g, g)))))
             rows.append((name, "SparseAttention.forward", host_us(lambda: mod(x))))
             rows.append((name, "qkv+proj linears only", host_us(lambda: mod.proj(mod.qkv(x)[..., : h * d]))))
     print(f"fast launch: {os.environ.get('SAMSPARSE_TRITON_FAST_LAUNCH', 'default')}")
     print(f"{'shape':12s} {'piece':28s} host us/call")
     for r in rows:
         print(f"{r[0]:12s} {r[1]:28s} {r[2]:10.1f}")
+    if "--cprofile" in sys.argv:
+        calls = int(sys.argv[sys.argv.index("--cprofile") + 1])
+        profile_attend_heads(calls, dev, dt)
     return 0
+
+
+def profile_attend_heads(calls: int, dev: str, dt: torch.dtype) -> None:
+    """cProfile of ``calls`` vit_b global B=1 ``_attend_heads`` calls (after a warm-up), by own time."""
+    import cProfile
+    import pstats
+
+    h, g, d = 12, 64, 64
+    mod = SparseAttention(h * d, h, use_rel_pos=True, input_size=(g, g)).to(dev, dt).eval()
+    qkv = torch.randn(1, g * g, 3, h, d, device=dev, dtype=dt).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    with torch.no_grad():
+        for _ in range(50):
+            mod._attend_heads(q, k, v, (g, g))
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        t = time.perf_counter()
+        prof.enable()
+        for _ in range(calls):
+            mod._attend_heads(q, k, v, (g, g))
+        prof.disable()
+        wall = (time.perf_counter() - t) / calls * 1e6
+        torch.cuda.synchronize()
+    print(f"\ncProfile of {calls} vit_b global B=1 _attend_heads calls: {wall:.1f} us/call under the profiler")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(35)
 
 
 if __name__ == "__main__":

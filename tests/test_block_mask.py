@@ -114,3 +114,21 @@ def test_to_flex_is_cached_and_matches_token_mask():
     assert mask.to_flex("cpu") is flex
     dense = flex.to_dense()  # [B, H, Mq, Mk] blocks that are computed
     assert torch.equal(dense.bool(), blocks)
+
+
+def test_key_blocks_per_row_is_cached_carried_to_devices_and_never_read_back_unasked():
+    """The mean number of key blocks per query block: computed from CPU blocks for free, carried by
+    ``to``, and for blocks built elsewhere (a GPU; here the meta device) only read when asked."""
+    from samsparse.backends.base import mask_kernel_args
+
+    blocks = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    blocks[..., 0] = True
+    blocks[0, 1, :, 1] = True  # head 1 reads two key blocks per query block: mean 1.5
+    mask = BlockMask(blocks, 64, 256)
+    assert mask.key_blocks_per_row() == 1.5
+    assert mask_kernel_args(mask, torch.device("cpu")).mean_keys == 1.5 * 64
+    assert mask.to("meta").key_blocks_per_row(read_device=False) == 1.5
+    elsewhere = BlockMask(blocks.to("meta"), 64, 256)
+    assert elsewhere.key_blocks_per_row(read_device=False) is None
+    assert mask_kernel_args(elsewhere, torch.device("meta")).mean_keys == 0.0
+    assert (~mask).key_blocks_per_row() == 2.5  # a new mask: its own count

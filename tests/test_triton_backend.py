@@ -10,6 +10,7 @@ cases live in ``tests/attention_cases.py`` (shared with the GPU tests).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile", "fixed-offset", "carry-ids", "carry-ids-off",
+    "windows-compile", "fixed-offset", "carry-ids", "carry-ids-off", "terms-groups",
 ]
 
 
@@ -230,6 +231,8 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
         "far-later-logits": (k_far, tab_h, None, "1"),
         "sparse (not used by default)": (k, tab_h, mask, "1"),
         "sparse with empty rows (=all)": (k, tab_h, empty, "all"),
+        # the default for masks whose query blocks read PASS_MIN_KEYS keys or more (lowered to fit)
+        "sparse with long rows": (k, tab_h, mask, "long"),
     }
     problems, worst = [], 0.0
     launcher = ops._ATTN_LAUNCHER
@@ -242,20 +245,22 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
                 flagged.append(int(tensors[-1].sum()))
 
     ops._ATTN_LAUNCHER = Spy()
+    min_keys = ops.PASS_MIN_KEYS
     env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
     env.start()
     try:
         for name, (kk, th, m, on) in inputs.items():
             outs = {}
             for flag in ("1", "0"):
-                os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = on if flag == "1" else "0"
+                os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = ("1" if on == "long" else on) if flag == "1" else "0"
+                ops.PASS_MIN_KEYS = 64 if on == "long" else min_keys
                 ops._PLANS.clear()
                 ops._REDO_PLANS.clear()
                 flagged.clear()
                 # one key row per step (BLOCK_N == grid width): a GPU's default config for this small
                 # shape would take two rows per step, which has no fixed-offset pass
                 outs[flag] = ops.attention(q, kk, v, m, RelPos.from_tables(th, tab_w, grid), config=one_row)
-                used = flag == "1" and (m is None or on == "all")
+                used = flag == "1" and (m is None or on in ("all", "long"))
                 if used:
                     redone = name in ("wide-height-terms", "far-later-logits")
                     if flagged != [flagged[0]] or (flagged[0] > 0) != redone:
@@ -289,11 +294,44 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
                 problems.append(f"{name}: not redone by the running-max loop (output differs from it)")
     finally:
         ops._ATTN_LAUNCHER = launcher
+        ops.PASS_MIN_KEYS = min_keys
         env.stop()
         ops._PLANS.clear()
         ops._REDO_PLANS.clear()
     return {"case": "fixed-offset", "ok": not problems,
             "problems": problems, "err": worst}
+
+
+def _terms_groups_check(device: str = "cpu") -> dict:
+    """The terms kernel with several query grid rows (columns) per program gives the terms of one per
+    program, and both match float32 einsum terms rounded to the output dtype. Grid 8x12 (rows per
+    program lowered to a divisor of both sides: 4), d=48 (a 32 + 16 split), q a strided qkv view."""
+    from samsparse.backends.triton import ops
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator().manual_seed(9)
+    grid, d = (8, 12), 48
+    n = grid[0] * grid[1]
+    qkv = torch.randn(2, n, 3, 2, d, generator=g).bfloat16().to(device)
+    q = qkv.permute(2, 0, 3, 1, 4)[0]
+    tab_h, tab_w = (torch.randn(2 * s - 1, d, generator=g).bfloat16().to(device) for s in grid)
+    rp = RelPos.from_tables(tab_h, tab_w, grid)
+    ref_h, ref_w = RelPos.from_tables(tab_h.float(), tab_w.float(), grid).terms(q.float())
+    problems, worst = [], 0.0
+    base = None
+    for cfg in ((1, 4, 1), (8, 4, 2), (2, 2, 1)):  # (8 is lowered to 4)
+        rel_h, rel_w = ops.relpos_terms(q, rp.rh, rp.rw, grid, grid, config=cfg)
+        got = (rel_h.float().cpu(), rel_w.float().cpu())
+        for name, t, ref in (("rel_h", got[0], ref_h), ("rel_w", got[1], ref_w)):
+            err = float((t - ref.float().cpu()).abs().max() / ref.abs().max())
+            worst = max(worst, err)
+            if not err <= 1e-2:
+                problems.append(f"{cfg} {name}: rel err {err:.2e} against einsum")
+        if base is None:
+            base = got
+        elif not (torch.equal(got[0], base[0]) and torch.equal(got[1], base[1])):
+            problems.append(f"{cfg}: terms differ from one row per program")
+    return {"case": "terms-groups", "ok": not problems, "problems": problems, "err": worst}
 
 
 _CARRY_IDS_CASES = (  # masked with rel-pos, each a mode with a look-ahead: key rows (one and two per step),
@@ -524,6 +562,7 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
         "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
         "carry-ids": _carry_ids_check, "carry-ids-off": lambda: _carry_ids_check(off=True),
+        "terms-groups": _terms_groups_check,
     }
     jobs = [(c.id, c) for c in INTERPRETER_CASES] + [(name, None) for name in EXTRA_CHECKS]
     for name, case in jobs:
@@ -718,18 +757,20 @@ def test_shipped_tuning_is_read_after_the_user_cache(tmp_path, monkeypatch):
 
 
 def test_fixed_offset_classes_start_from_the_shipped_running_max_choice(tmp_path, monkeypatch):
-    """A dense key-row class of the fixed-offset kernel (':fx' key) not recorded for a GPU takes the
-    shipped choice of the same geometry instead of tuning cold on the first call."""
+    """A key-row class of the fixed-offset kernel (':fx' key: dense, or masked with long rows) not
+    recorded for a GPU takes the shipped choice of the same geometry instead of tuning cold on the
+    first call."""
     from samsparse.backends.triton import configs
 
     shipped = {}
     for path in sorted((Path(configs.__file__).parent / "tuned").glob("*.json")):
         shipped.update(json.loads(path.read_text()))
-    dense_rows = [k for k in shipped if "|masked=0|" in k and ":dot0|" in k]
-    assert dense_rows, "the shipped tuning covers SAM's dense global classes"
-    assert all(":dot0:fx|" in k for k in configs.fixed_offset_aliases(shipped))
-    assert not any("masked=1" in k for k in configs.fixed_offset_aliases(shipped))
-    # the op's own key for vit_b's dense global call is such a key
+    dense_rows = [k for k in shipped if ":dot0|" in k]
+    assert any("|masked=0|" in k for k in dense_rows), "the shipped tuning covers SAM's dense global classes"
+    assert any("|masked=1|" in k for k in dense_rows), "and a masked key-row class (H100)"
+    aliases = configs.fixed_offset_aliases(shipped)
+    assert sorted(aliases) == sorted(k.replace(":dot0|", ":dot0:fx|") for k in dense_rows)
+    # the op's own keys for vit_b's dense global call and for a mask with long rows are such keys
     from samsparse.backends.triton import ops
 
     geo = ops._Geometry(
@@ -738,6 +779,17 @@ def test_fixed_offset_classes_start_from_the_shipped_running_max_choice(tmp_path
         has_rel=True, rel_k_grid=(64, 64),
     )
     assert geo.fixed_offset() and ":dot0:fx|" in geo.key(torch.device("cpu"))
+    masked = dataclasses.replace(geo, masked=True, block_q=64, block_k=64, num_q_blocks=64, num_k_blocks=64)
+    assert not masked.fixed_offset() and ":fx|" not in masked.key(torch.device("cpu"))
+    long_rows = dataclasses.replace(masked, long_rows=True)
+    assert long_rows.fixed_offset() and ":dot0:fx|" in long_rows.key(torch.device("cpu"))
+    monkeypatch.setenv("SAMSPARSE_TRITON_FIXED_OFFSET", "dense")
+    assert geo.fixed_offset() and not long_rows.fixed_offset()
+    monkeypatch.setenv("SAMSPARSE_TRITON_FIXED_OFFSET", "all")
+    assert masked.fixed_offset()
+    monkeypatch.delenv("SAMSPARSE_TRITON_FIXED_OFFSET")
+    f16 = dataclasses.replace(long_rows, dtype=torch.float16)
+    assert not f16.fixed_offset()
 
     def never(cfg):
         raise AssertionError("an aliased key must not be tuned")
@@ -942,3 +994,50 @@ def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization
     assert len(compiles) == 4 and len(runs) == 2
     call(a[1:], b)
     assert len(compiles) == 4 and len(runs) == 3 and runs[-1][5][0].data_ptr() == a[1:].data_ptr()
+
+
+def test_plan_cuts_the_warps_with_a_tile_cut_to_a_short_sequence():
+    """A config's tile cut to a short sequence keeps at most 16 rows per warp (8 warps on a 64-row tile
+    computed wrong results on an H200); uncut tiles keep the config's warps."""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    def plan(n: int, cfg: TileConfig):
+        geo = ops._Geometry(
+            batch=1, heads=2, kv_heads=2, nq=n, nk=n, head_dim=64, dtype=torch.bfloat16, masked=False,
+            layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
+            has_rel=False, rel_k_grid=(1, 1),
+        )
+        return ops._make_plan(geo, cfg, True).constexprs
+
+    cut = plan(64, TileConfig(128, 256, 8, 2))
+    assert (cut["BLOCK_M"], cut["BLOCK_N"], cut["num_warps"]) == (64, 64, 4)
+    whole = plan(256, TileConfig(128, 256, 8, 2))
+    assert (whole["BLOCK_M"], whole["num_warps"]) == (128, 8)
+    small = plan(16, TileConfig(64, 32, 4, 3))
+    assert (small["BLOCK_M"], small["num_warps"]) == (16, 4)
+
+
+def test_plan_splits_a_one_step_one_hot_call_in_two():
+    """The one-hot bias over at most 64 keys runs two key steps, with at most 16 query rows per warp (in
+    one step, 8x8 and 4x12 grids computed wrong results on an H200); longer sequences keep the config."""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    def plan(grid, cfg: TileConfig, d: int = 80):
+        n = grid[0] * grid[1]
+        geo = ops._Geometry(
+            batch=1, heads=2, kv_heads=2, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=False,
+            layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
+            has_rel=True, rel_k_grid=grid, rel_tables=True,
+        )
+        c = ops._make_plan(geo, cfg, True).constexprs
+        assert c["REL_DOT"] == 1
+        return c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]
+
+    assert plan((8, 8), TileConfig(64, 64, 4, 3)) == (64, 32, 4)
+    assert plan((4, 12), TileConfig(64, 128, 4, 2)) == (64, 32, 4)
+    assert plan((8, 8), TileConfig(64, 64, 8, 2), d=64) == (64, 32, 4)
+    assert plan((8, 8), TileConfig(64, 32, 4, 3)) == (64, 32, 4)  # two steps already
+    assert plan((14, 14), TileConfig(64, 256, 4, 2)) == (64, 256, 4)  # SAM's windows: right in one step
+    assert plan((16, 16), TileConfig(128, 64, 8, 3)) == (128, 64, 8)

@@ -356,7 +356,11 @@ class MaskKernelArgs:
 
     kv_num_blocks / kv_indices: int32 index form (None when dense); layout:
     LAYOUT_SEQUENCE or LAYOUT_TILES; block_q / block_k: tokens per block (0 when
-    dense); tile_grid / tile: (gh, gw) and (th, tw) for LAYOUT_TILES, else (0, 0).
+    dense); tile_grid / tile: (gh, gw) and (th, tw) for LAYOUT_TILES, else (0, 0);
+    mean_keys: key tokens a query block reads, averaged over batch, heads and query blocks, for
+    kernels whose best loop depends on the number of key steps; 0.0 when dense or not known
+    without a host sync (see ``BlockMask.key_blocks_per_row``: masks built per call on the GPU,
+    e.g. content-based ones, are never read back here).
     """
 
     kv_num_blocks: torch.Tensor | None = None
@@ -366,6 +370,7 @@ class MaskKernelArgs:
     block_k: int = 0
     tile_grid: tuple[int, int] = (0, 0)
     tile: tuple[int, int] = (0, 0)
+    mean_keys: float = 0.0
 
 
 _DENSE_ARGS = MaskKernelArgs()
@@ -390,9 +395,12 @@ def mask_kernel_args(mask: BlockMask | None, device: torch.device) -> MaskKernel
 def _mask_kernel_args(mask: BlockMask, device: torch.device) -> MaskKernelArgs:
     idx = mask.to_indices(device)
     bq, bk = mask.block_size
+    mean_keys = (mask.key_blocks_per_row(read_device=False) or 0.0) * bk  # (the mask's own key block)
     if mask.layout == "tiles":
         (gh, gw), (th, tw) = mask.grid, mask.tile
         if tw < gw:
-            return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_TILES, bq, bk, (gh, gw), (th, tw))
+            return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_TILES, bq, bk, (gh, gw), (th, tw),
+                                  mean_keys)
         bq = bk = th * gw
-    return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_SEQUENCE, bq, bk)
+    return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_SEQUENCE, bq, bk, mean_keys=mean_keys)
+

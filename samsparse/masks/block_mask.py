@@ -42,6 +42,9 @@ class KVIndices:
     kv_indices: torch.Tensor
 
 
+_KEY_BLOCKS_PER_ROW = "key_blocks_per_row"  # BlockMask._derived key of key_blocks_per_row()
+
+
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if isinstance(value, int):
         value = (value, value)
@@ -214,6 +217,18 @@ class BlockMask:
         attended = torch.einsum("bhqk,q,k->bh", blocks, qw, kw)
         return float(attended.mean() / (self.seq_len[0] * self.seq_len[1]))
 
+    def key_blocks_per_row(self, read_device: bool = True) -> float | None:
+        """Key blocks a query block reads, averaged over batch, heads and query blocks (cached).
+
+        For blocks on a GPU this reads one number back (a host sync) the first time; with
+        ``read_device=False`` it returns None there instead, unless it is already known (computed
+        before, or carried over by :meth:`to` from the CPU copy). Kernels use it to pick their loop.
+        """
+        hit = self._derived.get(_KEY_BLOCKS_PER_ROW)
+        if hit is None and (read_device or self.blocks.device.type == "cpu"):
+            hit = self._derived[_KEY_BLOCKS_PER_ROW] = float(self.blocks.sum(-1, dtype=torch.float32).mean())
+        return hit
+
     def block_density(self) -> float:
         """Fraction of blocks that are set (ignores partial block sizes)."""
         return float(self.blocks.float().mean())
@@ -296,7 +311,11 @@ class BlockMask:
         device = torch.device(device)
         if self.blocks.device == device:
             return self
-        return self._like(self.blocks.to(device))
+        moved = self._like(self.blocks.to(device))
+        known = self.key_blocks_per_row(read_device=False)  # (free while the blocks are on the CPU)
+        if known is not None:
+            moved._derived[_KEY_BLOCKS_PER_ROW] = known
+        return moved
 
     def equals(self, other: "BlockMask") -> bool:
         """True if both masks allow exactly the same token pairs (after broadcast)."""

@@ -319,7 +319,7 @@ CACHE = _DiskCache()
 
 
 def fixed_offset_aliases(entries: dict) -> dict:
-    """Shipped choices of dense key-row classes, also filed under their fixed-offset (``:fx``) key.
+    """Shipped choices of key-row classes, also filed under their fixed-offset (``:fx``) key.
 
     The fixed-offset kernel is the running-max kernel of the same geometry with a cheaper softmax;
     for a GPU whose ``:fx`` classes were not recorded yet, the running-max choice is the starting
@@ -328,7 +328,7 @@ def fixed_offset_aliases(entries: dict) -> dict:
     """
     out = {}
     for key, entry in entries.items():
-        if "|masked=0|" in key and ":dot0|" in key:
+        if ":dot0|" in key:  # (masked classes too: masks with long rows take the pass)
             out[key.replace(":dot0|", ":dot0:fx|")] = entry
     return out
 

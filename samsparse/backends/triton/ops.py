@@ -166,34 +166,45 @@ def _device_ctx(t: torch.Tensor):
 
 # ---------------------------------------------------------------------------- rel-pos terms
 def relpos_terms(
-    q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, q_grid: tuple[int, int], k_grid: tuple[int, int]
+    q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, q_grid: tuple[int, int], k_grid: tuple[int, int],
+    config: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's rel-pos terms from q [B, H, Nq, D] (unscaled) and tables Rh [gh_q, gh_k, D], Rw [gw_q, gw_k, D].
 
     Returns rel_h [B, H, Nq, gh_k] (stored query-major: each key row's column is
     contiguous, which the key-row loop reads) and rel_w [B, H, Nq, gw_k], in q's
     dtype (the tables are cast to q's dtype, as SAM's einsum does), accumulated in fp32.
+    ``config``: (grid rows per program, warps, stages) instead of :data:`TERMS_CONFIG` (for
+    measuring); rows per program is lowered to a power of two dividing both query grid sides.
     """
     b, h, nq, d = q.shape
     ghq, gwq = q_grid
     ghk, gwk = k_grid
     rel_h = torch.empty(b, h, ghk, nq, dtype=q.dtype, device=q.device).transpose(2, 3)
     rel_w = torch.empty(b, h, nq, gwk, dtype=q.dtype, device=q.device)
-    key = (q.dtype, d, tuple(q_grid), tuple(k_grid))
+    key = (q.dtype, d, tuple(q_grid), tuple(k_grid), config)
     constexprs = _TERMS_CONSTEXPRS.get(key)
     if constexprs is None:
         d1, d2 = head_dim_split(d)
+        group, warps, stages = config or TERMS_CONFIG
+        while ghq % group or gwq % group:
+            group //= 2
         constexprs = _TERMS_CONSTEXPRS[key] = dict(
             GHQ=ghq, GWQ=gwq, GHK=ghk, GWK=gwk,
             HEAD_DIM=d, D1=d1, D2=d2,
             BLOCK_Q=max(16, next_pow2(max(ghq, gwq))), BLOCK_K=max(16, next_pow2(max(ghk, gwk))),
             IEEE=q.dtype == torch.float32, UPCAST=_kernels().INTERPRET and q.dtype == torch.bfloat16,
-            num_warps=4, num_stages=1,
+            GROUP=group, num_warps=warps, num_stages=stages,
         )
     ints = (*q.stride(), *rh.stride(), *rw.stride(), *rel_h.stride(), *rel_w.stride(), h)
+    programs = (ghq + gwq) // constexprs["GROUP"]
     with _device_ctx(q):
-        _TERMS_LAUNCHER((ghq + gwq, b * h), (q, rh, rw, rel_h, rel_w), (), ints, constexprs, key, q.device)
+        _TERMS_LAUNCHER((programs, b * h), (q, rh, rw, rel_h, rel_w), (), ints, constexprs, key, q.device)
     return rel_h, rel_w
+
+
+# (query grid rows per program, warps, stages) of the terms kernel
+TERMS_CONFIG = (1, 4, 1)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -223,6 +234,7 @@ class _Geometry:
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype: the one-hot bias products are then exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
     window: tuple[int, ...] = ()  # windows in place: (window, windows per row, windows per image, grid h, grid w)
+    long_rows: bool = False  # masked: the query blocks read PASS_MIN_KEYS key tokens or more on average
 
     def rel_dot(self) -> int:
         """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
@@ -244,19 +256,18 @@ class _Geometry:
     def fixed_offset(self) -> bool:
         """Key-row mode with the softmax offset fixed after step 0 (``kernel._fixed_offset_pass``).
 
-        Dense calls only: with few key steps per program (sparse masks) the pass's extra product of
-        step 0 weighs more, and no clean A/B showed a gain there yet. bf16 and fp32 only: their P
-        operand has fp32's exponent range, which the fixed offset's partial sums need (fp16's does
-        not). ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off; ``=all`` uses it for masked calls too
-        (to measure them).
+        Dense calls, and masked calls whose query blocks read many key rows (``long_rows``): with few
+        key steps per program the pass's second product of step 0 weighs more than its cheaper
+        softmax saves (H200, vit_b B=8, ninth run: 0.96x the running max's time at p = .5 (2048 keys),
+        1.02-1.07x at p = .25, 1.17-1.2x at p = .1). bf16 and fp32 only: their P operand has fp32's
+        exponent range, which the fixed offset's partial sums need (fp16's does not).
+        ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off, ``=dense`` keeps it to dense calls, ``=all``
+        uses it for every masked call too (to measure them).
         """
         mode = os.environ.get("SAMSPARSE_TRITON_FIXED_OFFSET", "1").strip().lower()
-        return (
-            self.rows_block_n() is not None
-            and (not self.masked or mode == "all")
-            and self.dtype in (torch.bfloat16, torch.float32)
-            and mode != "0"
-        )
+        if mode == "0" or self.rows_block_n() is None or self.dtype not in (torch.bfloat16, torch.float32):
+            return False
+        return not self.masked or mode == "all" or (self.long_rows and mode != "dense")
 
     def rows_block_n(self) -> int | None:
         """BLOCK_N of the key-row mode, or None when that mode does not apply."""
@@ -337,6 +348,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     rel_dot = geo.rel_dot()
     rgh_rel = geo.rel_k_grid[0] if geo.has_rel else 1
 
+    two_steps = False  # a one-step key loop split in two (below)
     if geo.masked:
         bq, bk = geo.block_q, geo.block_k
         block_m = min(cfg.block_m, max(16, next_pow2(bq)))
@@ -372,6 +384,13 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
             even_k = block_n == bk and nk % bk == 0 and not geo.varlen
         else:
             block_n = min(cfg.block_n, max(16, next_pow2(nk)))
+            if rel_dot == 1 and 16 < nk <= 64 and nk <= block_n and not geo.window:
+                # one-hot bias over at most 64 keys in one step: two steps instead. In one step, 8x8
+                # and 4x12 grids computed wrong results (rel err ~0.96) on an H200 (Triton 3.6) at d=80
+                # with M64/N64/w4 and at d=64 with M64/N64/w8, tables or terms; the same configs with
+                # two or more steps (8x8 at N32, 10x10, 8x16, 14x14, 16x16) were right
+                block_n = next_pow2(nk) // 2
+                two_steps = True
             bk = block_n
             even_k = nk % bk == 0 and not geo.varlen
         sub_n = 1
@@ -385,6 +404,12 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     if redo:
         even_q = False  # the program's loads and stores are masked by its redo flag
     fixed = rows == 1 and geo.fixed_offset() and not redo
+    # a tile cut down to a short sequence keeps at most 16 rows per warp: cut from M128/N256/w8/s2 to
+    # 64 rows, the 8x8-grid call computed wrong results (rel err 1.2) and then faulted on the H200
+    # (Triton 3.6); so does a one-hot call that had to be split into two key steps (above)
+    num_warps = cfg.num_warps
+    if block_m < cfg.block_m or two_steps:
+        num_warps = min(cfg.num_warps, max(4, block_m // 16))
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
@@ -404,7 +429,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         # ninth run); SAMSPARSE_TRITON_CARRY_IDS=0 turns it off. Not in the pass: slower there
         CARRY_IDS=int(not fixed and geo.masked and geo.has_rel and rel_dot != 1
                       and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "1").strip() != "0"),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=num_warps, num_stages=cfg.num_stages,
     )
     return _Plan(
         grid=(num_q_blocks * split_m, b * h),
@@ -484,6 +509,11 @@ def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, h
 
 
 _IN_PROGRAM: dict = {}
+
+# Masked key-row calls take the fixed-offset pass when their query blocks read at least this many key
+# tokens on average (28 key rows of SAM's 64-wide grid; the pass won at 32 rows and lost at 16, ninth
+# run on the H200). Masks whose average is not known without a host sync keep the running max.
+PASS_MIN_KEYS = 1792
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -594,6 +624,7 @@ def _attention_impl(
     num_warps: int,
     num_stages: int,
     rel_toeplitz: int = 0,
+    long_rows: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -617,7 +648,8 @@ def _attention_impl(
         # (desktop CPU), a tenth of a B=1 call's Python; the lookup ~0.3 us
         gkey = (b, h, hkv, nq, nk, d, q.dtype, masked, layout, block_q, block_k,
                 kv_num_blocks.shape[2] if masked else 0, kv_indices.shape[3] if masked else 0,
-                tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program)
+                tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program,
+                masked and bool(long_rows))
         geo = _GEOMETRIES.get(gkey)
         if geo is None:
             geo = _Geometry(
@@ -628,7 +660,7 @@ def _attention_impl(
                 tile_grid=(tile_grid_h, tile_grid_w) if layout == LAYOUT_TILES else (1, 1),
                 tile=(tile_h, tile_w) if layout == LAYOUT_TILES else (1, 1),
                 has_rel=has_rel, rel_k_grid=(rel_k_grid_h, rel_k_grid_w) if has_rel else (1, 1),
-                rel_dtype_ok=rel_dtype_ok, rel_tables=in_program,
+                rel_dtype_ok=rel_dtype_ok, rel_tables=in_program, long_rows=gkey[-1],
             )
             if len(_GEOMETRIES) > 256:  # bounded: varying input sizes must not grow memory
                 _GEOMETRIES.clear()
@@ -645,7 +677,8 @@ def _attention_impl(
 
 
 # Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
-# rel_toeplitz = 1: the tables are ``RelPos.toeplitz``); the fake gives the outputs' shapes.
+# rel_toeplitz = 1: the tables are ``RelPos.toeplitz``; long_rows = 1: the mask's query blocks read
+# PASS_MIN_KEYS key tokens or more on average); the fake gives the outputs' shapes.
 def _register_attention_op(name: str, impl):
     """``impl`` as the custom op ``samsparse::<name>``, whose fake gives ``empty_outputs(q)``'s shapes."""
     op = torch.library.custom_op(f"samsparse::{name}", impl, mutates_args=())
@@ -704,7 +737,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz,
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, int(m.mean_keys >= PASS_MIN_KEYS),
     )
 
 
