@@ -756,37 +756,33 @@ def _relpos_terms(
     GHQ: tl.constexpr, GWQ: tl.constexpr, GHK: tl.constexpr, GWK: tl.constexpr,
     HEAD_DIM: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    GROUP: tl.constexpr,  # query grid rows (columns) per program; divides GHQ and GWQ
 ):
-    """Programs [0, GHQ/GROUP): rel_h of GROUP query grid rows; then rel_w of GROUP query columns each."""
+    """Programs [0, GHQ): rel_h of one query grid row; [GHQ, GHQ+GWQ): rel_w of one query column."""
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     offs_i = tl.arange(0, BLOCK_Q)
     q_base = Q + b * sqb + h * sqh
-    if pid < GHQ // GROUP:
+    if pid < GHQ:
+        q_tok = pid * GWQ + offs_i
         q_ok = offs_i < GWQ
-        for i in tl.range(0, GROUP):
-            r = pid * GROUP + i
-            q_tok = r * GWQ + offs_i
-            _terms_block(
-                q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
-                RH + r * srh_a, srh_a, srh_b, srh_d, GHK,
-                OUTH + b * shb + h * shh + q_tok.to(tl.int64) * shq, shr,
-                HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
-            )
+        _terms_block(
+            q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
+            RH + pid * srh_a, srh_a, srh_b, srh_d, GHK,
+            OUTH + b * shb + h * shh + q_tok.to(tl.int64) * shq, shr,
+            HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
+        )
     else:
+        c = pid - GHQ
+        q_tok = offs_i * GWQ + c
         q_ok = offs_i < GHQ
-        for i in tl.range(0, GROUP):
-            c = (pid - GHQ // GROUP) * GROUP + i
-            q_tok = offs_i * GWQ + c
-            _terms_block(
-                q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
-                RW + c * srw_a, srw_a, srw_b, srw_d, GWK,
-                OUTW + b * swb + h * swh + q_tok.to(tl.int64) * swq, swc,
-                HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
-            )
+        _terms_block(
+            q_base + q_tok.to(tl.int64) * sqn, q_ok, sqd,
+            RW + c * srw_a, srw_a, srw_b, srw_d, GWK,
+            OUTW + b * swb + h * swh + q_tok.to(tl.int64) * swq, swc,
+            HEAD_DIM, D1, D2, BLOCK_Q, BLOCK_K, IEEE, UPCAST,
+        )
 
 
 def _is_interpreted() -> bool:
