@@ -77,7 +77,7 @@ def run_shape(label, b, h, d, configs, rows, qk_mult=1.0, rel_mult=1.0, grid=64,
     qc, kc, vc = (t.contiguous() for t in (q, k, v))
     sdpa = float(do_bench_cudagraph(lambda: F.scaled_dot_product_attention(qc, kc, vc, scale=scale)))
     mask = None if density >= 1.0 else random_mask("sequence", h, (grid, grid), density, int(density * 1000), "cuda")
-    on = "1" if mask is None else "all"  # masked calls take the pass only with =all
+    on = "1" if mask is None else "all"  # (by default only masks with long rows take the pass: force it)
     ref = reference(q, k, v, rph, rpw, grid, scale, mask)
     flops = 4 * b * h * n * n * d * (1.0 if mask is None else mask.density())
     print(f"{label}: SDPA without bias {sdpa:.4f} ms", flush=True)
