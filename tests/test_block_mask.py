@@ -1,6 +1,7 @@
 """BlockMask: layouts, index form, token mask, validation and algebra."""
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -132,3 +133,8 @@ def test_key_blocks_per_row_is_cached_carried_to_devices_and_never_read_back_una
     assert elsewhere.key_blocks_per_row(read_device=False) is None
     assert mask_kernel_args(elsewhere, torch.device("meta")).mean_keys == 0.0
     assert (~mask).key_blocks_per_row() == 2.5  # a new mask: its own count
+    # while torch.compile traces, nothing is read (a read would break the graph); known values still are
+    fresh = BlockMask(blocks, 64, 256)
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+        assert fresh.key_blocks_per_row() is None
+        assert mask.key_blocks_per_row() == 1.5

@@ -222,9 +222,12 @@ class BlockMask:
 
         For blocks on a GPU this reads one number back (a host sync) the first time; with
         ``read_device=False`` it returns None there instead, unless it is already known (computed
-        before, or carried over by :meth:`to` from the CPU copy). Kernels use it to pick their loop.
+        before, or carried over by :meth:`to` from the CPU copy); likewise while torch.compile
+        traces. Kernels use it to pick their loop.
         """
         hit = self._derived.get(_KEY_BLOCKS_PER_ROW)
+        if hit is None and torch.compiler.is_compiling():
+            return None  # (reading a tensor back would break the traced graph)
         if hit is None and (read_device or self.blocks.device.type == "cpu"):
             hit = self._derived[_KEY_BLOCKS_PER_ROW] = float(self.blocks.sum(-1, dtype=torch.float32).mean())
         return hit

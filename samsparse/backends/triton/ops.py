@@ -401,9 +401,10 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     if redo:
         even_q = False  # the program's loads and stores are masked by its redo flag
     fixed = rows == 1 and geo.fixed_offset() and not redo
-    # a tile cut down to a short sequence keeps at most 16 rows per warp: cut from M128/N256/w8/s2 to
-    # 64 rows, the 8x8-grid call computed wrong results (rel err 1.2) and then faulted on the H200
-    # (Triton 3.6); so does a one-hot call that had to be split into two key steps (above)
+    # a tile cut down to a short sequence keeps at most 16 rows per warp, and so does a one-hot call split
+    # into two key steps (above): the one wrong-result case with 8 warps (8x8 grid, d=64, M64/N64/w8, also
+    # reached by cutting M128/N256/w8/s2, which then faulted) ran one key step, and the two-step configs
+    # were verified on the H200 with 4 warps only
     num_warps = cfg.num_warps
     if block_m < cfg.block_m or two_steps:
         num_warps = min(cfg.num_warps, max(4, block_m // 16))
