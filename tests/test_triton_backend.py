@@ -225,6 +225,9 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
     with_empty = blocks.clone()
     with_empty[:, 1, 1] = False  # head 1: its second query block reads no key
     empty = BlockMask(with_empty, 64, n, allow_empty_rows=True).to(device)
+    rows32 = torch.rand(1, 2, 4, 4, generator=g) < 0.6  # one key row per block (SAM's 1x64 tiles)
+    rows32[:, :, torch.arange(4), torch.arange(4)] = True
+    mask32 = BlockMask(rows32, 32, n).to(device)
     inputs = {  # name: (k, height table, mask, SAMSPARSE_TRITON_FIXED_OFFSET when on)
         "ordinary": (k, tab_h, None, "1"),
         "wide-height-terms": (k, 40 * tab_h, None, "1"),
@@ -233,6 +236,7 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
         "sparse with empty rows (=all)": (k, tab_h, empty, "all"),
         # the default for masks whose query blocks read PASS_MIN_KEYS keys or more (lowered to fit)
         "sparse with long rows": (k, tab_h, mask, "long"),
+        "sparse with long rows, a key row per block": (k, tab_h, mask32, "long"),
     }
     problems, worst = [], 0.0
     launcher = ops._ATTN_LAUNCHER
