@@ -59,6 +59,7 @@ class MaskSource:
         self.recipe = None
         if isinstance(mask, BlockMask):
             self.fixed = mask
+            mask.key_blocks_per_row()  # read once here (carried by .to()), so kernels never sync for it
         elif mask is not None and not (isinstance(mask, str) and mask.strip() in ("", "dense")):
             from .masks import parse_recipe
 
@@ -90,7 +91,11 @@ class MaskSource:
                     f"a {grid[0]}x{grid[1]} grid ({n} tokens); pass a mask recipe instead so each block "
                     "gets a mask for its own grid"
                 )
-            return self.fixed.to(q.device)
+            # one copy per device: a copy made per call would rebuild its kernel indices in every call
+            moved = self._cache.get(("fixed", q.device))
+            if moved is None:
+                moved = self._cache[("fixed", q.device)] = self.fixed.to(q.device)
+            return moved
         if self.recipe.is_dynamic:
             return self.recipe.build_dynamic(q, k, grid)
         key = (tuple(grid), heads, q.device)

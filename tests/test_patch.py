@@ -155,6 +155,20 @@ def test_fixed_mask_on_wrong_grid_explains(tiny_sam, image):
             model.image_encoder(image)
 
 
+def test_fixed_mask_is_moved_once_per_device_and_keeps_its_row_count():
+    """A fixed mask on another device than q is copied once per device (a copy per call would rebuild
+    its kernel indices in every call), and the copy knows its key blocks per row without reading back."""
+    from samsparse.attention import MaskSource
+
+    blocks = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    blocks[..., :3] = True
+    source = MaskSource(BlockMask(blocks, 16, 64))
+    q = torch.empty(1, 2, 64, 8, device="meta")
+    first = source.get((8, 8), 2, q, q)
+    assert first.device.type == "meta" and source.get((8, 8), 2, q, q) is first
+    assert first.key_blocks_per_row(read_device=False) == 3.0
+
+
 def test_save_load_roundtrip_and_segment_anything_loads_weights(tiny_sam, image, tmp_path):
     model = copy.deepcopy(tiny_sam)
     patch(model, blocks="all", backend="sdpa")
