@@ -938,6 +938,46 @@ def test_offline_compile_reports_what_ptxas_made_of_each_launch():
     assert all(r[5] > 0 for r in out["rows"][1:]), "the attention kernels (BLOCK_M 64) have no wgmma in their sm_90 SASS"
 
 
+_ONE_STEP_PROBE = r"""
+import json, torch
+from samsparse.backends.triton import offline, ops
+from samsparse.backends.triton.configs import TileConfig
+
+qkv = torch.empty(1, 64, 3, 2, 80, dtype=torch.bfloat16)  # 64 keys: one step of 64, or two of 32
+q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+rows = {}
+for bn in (64, 32):
+    (launch,) = offline.record_launches(lambda: ops.attention(q, k, v, None, None, None, TileConfig(64, bn, 4, 3)))
+    nkb = launch.args[-12 + 6]
+    if bn == 32:  # the same kernel (BLOCK_N 64) launched with two key steps instead of one
+        launch.constexprs["BLOCK_N"] = 64
+        launch.args = (*launch.args[:-12 + 5], 64, 2, *launch.args[-12 + 7:])
+        nkb = 2
+    rep = offline.compile_launch(launch, 90)
+    rows[nkb] = [rep.loop_instructions, rep.sass.split("Function", 1)[-1]]
+print(json.dumps(rows))
+"""
+
+
+def test_a_dense_call_of_one_key_step_compiles_to_the_looped_kernel():
+    """Triton would specialize a key-step count of 1 into a loop-free kernel, which computed wrong
+    results on an H200 at some configs; the count is not specialized, so one step compiles (sm_90,
+    offline) to the same SASS as two steps: a loop."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", _ONE_STEP_PROBE], capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
+        pytest.skip("this Triton build has no NVIDIA backend tools")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rows["1"][0] > 100, "one key step compiled without a key loop"
+    assert rows["1"] == rows["2"], "one and two key steps compile to different kernels"
+
+
 def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
     """The fast launch path (GPU only, so faked here): the first call of a specialization goes through
     ``kernel[grid]``; later calls with the same plan, dtypes, 16-byte alignment and ints launch the kept

@@ -314,11 +314,11 @@ def test_gpu_window_candidates_on_grids_shorter_than_their_tile_masked(grid, d, 
 @pytest.mark.parametrize("grid,rel", [((8, 8), "none"), ((2, 24), "tables"), ((1, 48), "terms")])
 @pytest.mark.parametrize("d,config", [(d, c) for d in (64, 80) for c in ((64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3))])
 def test_gpu_dense_calls_of_one_key_step(grid, rel, d, config):
-    """Dense calls whose whole key sequence is one key step in other bias modes than the one-hot one (no
-    bias; the gathered bias of a 2x24 grid; one grid row). One-hot calls of one step computed wrong
-    results on an H200 at these configs (test_gpu_window_candidates_on_grids_shorter_than_their_tile);
-    whether the other modes share the problem is what this checks. Last in this file: added in the
-    tenth session without a GPU run."""
+    """Dense calls whose whole key sequence is one key step, in other bias modes than the one-hot one (no
+    bias; the gathered bias of a 2x24 grid; one grid row, which takes the fixed-offset pass). One-hot
+    calls of one step computed wrong results on an H200 at these configs, compiled without their key
+    loop (Triton specialized the step count 1 as a constant); the count is no longer specialized, so
+    these run the looped kernel. Last in this file: added in the tenth session without a GPU run."""
     from samsparse.backends.triton import TritonBackend
     from samsparse.backends.triton.configs import TileConfig
 

@@ -306,7 +306,12 @@ def _fixed_offset_pass(
     return acc1, acc2, l_i, m0 + h0, n_bad
 
 
-@triton.jit
+# NKB (dense calls' key-step count) is never specialized: Triton would make NKB == 1 a constant and emit
+# a loop-free kernel, which computed wrong results on an H200 at some configs (tenth run: 8x8 / 4x12
+# grids, d=80 M64/N64/w4, d=64 M64/N64/w8); unspecialized, one step runs the looped kernel that every
+# longer call runs (compiled offline with Triton 3.6: NKB = 1 and 2 give the same SASS, and SAM's kernels
+# keep their registers, spills and instruction counts)
+@triton.jit(do_not_specialize=["NKB"])
 def _attn_fwd(
     Q, K, V, O, LSE,
     KV_NUM, KV_IDX, HEAD_MASK,

@@ -385,7 +385,8 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
                 # one-hot bias over at most 64 keys in one step: two steps instead. In one step, 8x8
                 # and 4x12 grids computed wrong results (rel err ~0.96) on an H200 (Triton 3.6) at d=80
                 # with M64/N64/w4 and at d=64 with M64/N64/w8, tables or terms; the same configs with
-                # two or more steps (8x8 at N32, 10x10, 8x16, 14x14, 16x16) were right
+                # two or more steps (8x8 at N32, 10x10, 8x16, 14x14, 16x16) were right. (The cause, a
+                # kernel compiled without its key loop, is removed in _attn_fwd; this verified form stays)
                 block_n = next_pow2(nk) // 2
                 two_steps = True
             bk = block_n
