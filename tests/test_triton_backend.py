@@ -915,20 +915,26 @@ print(json.dumps({"rows": rows, "launcher_restored": ops._ATTN_LAUNCHER is attn_
 """
 
 
-def test_offline_compile_reports_what_ptxas_made_of_each_launch():
-    """``offline``: a dense key-row call (one key row per step) records its three launches without
-    running them, and each compiles for sm_90 without a GPU: registers, SASS (wgmma in the attention kernels)."""
+def _run_offline_probe(probe: str):
+    """Run ``probe`` in a fresh process with the kernels compiled, not interpreted; its last stdout line, as JSON.
+    Skips without triton or without Triton's NVIDIA tools."""
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=600)
     if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
         pytest.skip("this Triton build has no NVIDIA backend tools")
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_offline_compile_reports_what_ptxas_made_of_each_launch():
+    """``offline``: a dense key-row call (one key row per step) records its three launches without
+    running them, and each compiles for sm_90 without a GPU: registers, SASS (wgmma in the attention kernels)."""
+    out = _run_offline_probe(_OFFLINE_PROBE)
     assert out["launcher_restored"]
     kernels = [(r[0], r[1], r[2]) for r in out["rows"]]
     assert kernels == [("_relpos_terms", 0, 0), ("_attn_fwd", 1, 0), ("_attn_fwd", 0, 1)], kernels
@@ -963,17 +969,7 @@ def test_a_dense_call_of_one_key_step_compiles_to_the_looped_kernel():
     """Triton would specialize a key-step count of 1 into a loop-free kernel, which computed wrong
     results on an H200 at some configs; the count is not specialized, so one step compiles (sm_90,
     offline) to the same SASS as two steps: a loop."""
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", _ONE_STEP_PROBE], capture_output=True, text=True, env=env, timeout=600)
-    if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
-        pytest.skip("this Triton build has no NVIDIA backend tools")
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = _run_offline_probe(_ONE_STEP_PROBE)
     assert rows["1"][0] > 100, "one key step compiled without a key loop"
     assert rows["1"] == rows["2"], "one and two key steps compile to different kernels"
 
