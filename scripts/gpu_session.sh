@@ -19,6 +19,9 @@
 #   terms      scripts/bench_terms.py: tile configs of the rel-pos terms kernel on SAM's global shapes
 #   hostprof   scripts/profile_host.py: host time per call of each piece, and a cProfile of vit_b B=1's call
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
+#   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
+#              unspecialized; one-step dense calls, masked small grids, every window candidate and
+#              fallback, the in-place windows encoder, autotune, varlen, compile, native checks)
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
 #              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
@@ -90,6 +93,8 @@ for stage in "${STAGES[@]}"; do
     hostprof) run hostprof 200 "$PY" scripts/profile_host.py --cprofile 300 ;;
     scaling) run scaling 300 "$PY" scripts/bench_batch_scaling.py --rounds 7 --json "$OUT/batch_scaling.json" \
         --md "$OUT/batch_scaling.md" ;;
+    recheck) run recheck 400 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k \
+        "one_key_step or shorter_than_their_tile or every_window or fallback or encoder_with_windows or autotune or varlen or compile or natively" ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;
     tune)
       tune=$(mktemp -d)
