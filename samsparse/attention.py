@@ -101,8 +101,7 @@ class MaskSource:
         key = (tuple(grid), heads, q.device)
         if key not in self._cache:
             mask = self.recipe.build(grid=tuple(grid), num_heads=heads, device=q.device)
-            if not (mask.blocks.is_cuda and torch.cuda.is_current_stream_capturing()):
-                mask.key_blocks_per_row()  # read once per static mask, so kernels never sync for it
+            mask.key_blocks_per_row()  # read once per static mask, so kernels never sync for it
             self._cache[key] = mask
         return self._cache[key]
 

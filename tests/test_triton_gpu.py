@@ -79,17 +79,24 @@ def test_gpu_interpreter_checks_natively(check, kwargs):
     assert res["ok"], "\n".join(res["problems"])
 
 
-@pytest.mark.parametrize("config", [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)])
-def test_gpu_every_candidate_config_is_correct(config):
-    """The autotuner may pick any candidate: each must be right (key-row mode, 1 and 2 rows per step)."""
+def _check_forced_config(case: Case, config: tuple) -> None:
+    """``case`` on the GPU with the tile config ``config`` (BLOCK_M, BLOCK_N, warps, stages) forced: it must
+    match the reference."""
     from samsparse.backends.triton import TritonBackend
     from samsparse.backends.triton.configs import TileConfig
 
-    case = Case(2, 4, 4, (64, 64), 64, "bf16", mask="random", block=128, rel="tables", seed=3, density=0.3)
     q, k, v, mask, rel_pos = make_inputs(case, "cuda")
     out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
+    torch.cuda.synchronize()
     res = check(case, q, k, v, mask, rel_pos, out, lse)
     assert res["ok"], "\n".join(res["problems"])
+
+
+@pytest.mark.parametrize("config", [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)])
+def test_gpu_every_candidate_config_is_correct(config):
+    """The autotuner may pick any candidate: each must be right (key-row mode, 1 and 2 rows per step)."""
+    case = Case(2, 4, 4, (64, 64), 64, "bf16", mask="random", block=128, rel="tables", seed=3, density=0.3)
+    _check_forced_config(case, config)
 
 
 def _window_configs() -> list:
@@ -102,15 +109,8 @@ def _window_configs() -> list:
 
 def _check_window_config(d: int, config: tuple, seed: int) -> None:
     """SAM's window shape (50 windows of 14x14, 16 heads, tables in, strided q/k/v, bf16) with a forced config."""
-    from samsparse.backends.triton import TritonBackend
-    from samsparse.backends.triton.configs import TileConfig
-
     case = Case(50, 16, 16, (14, 14), d, "bf16", mask="none", rel="tables", strided=True, seed=seed)
-    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
-    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
-    torch.cuda.synchronize()
-    res = check(case, q, k, v, mask, rel_pos, out, lse)
-    assert res["ok"], "\n".join(res["problems"])
+    _check_forced_config(case, config)
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (4, 12)])
@@ -120,15 +120,7 @@ def test_gpu_window_candidates_on_grids_shorter_than_their_tile(grid, d, config)
     sequence: each must be right. On an H200 (Triton 3.6) one key step over these grids computed wrong
     results (rel err ~0.96: d=80 at M64/N64/w4, d=64 at M64/N64/w8, e.g. M128/N256/w8/s2 cut to 64 rows,
     which also faulted) until the plan split such calls into two key steps of at most 16 rows per warp."""
-    from samsparse.backends.triton import TritonBackend
-    from samsparse.backends.triton.configs import TileConfig
-
-    case = Case(1, 2, 2, grid, d, "bf16", mask="none", rel="tables", strided=True, seed=5)
-    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
-    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
-    torch.cuda.synchronize()
-    res = check(case, q, k, v, mask, rel_pos, out, lse)
-    assert res["ok"], "\n".join(res["problems"])
+    _check_forced_config(Case(1, 2, 2, grid, d, "bf16", mask="none", rel="tables", strided=True, seed=5), config)
 
 
 @pytest.mark.parametrize("d,config", _window_configs())
@@ -300,31 +292,19 @@ def test_gpu_window_candidates_on_grids_shorter_than_their_tile_masked(grid, d, 
     16-token block mask (rows of one to four 16-key blocks, one-hot bias): the plan's two-step rule is
     for dense calls, so masked rows must be right as they are. Last in this file: added in the tenth
     session without a GPU run (a fault here cannot take the other tests with it)."""
-    from samsparse.backends.triton import TritonBackend
-    from samsparse.backends.triton.configs import TileConfig
-
     case = Case(1, 2, 2, grid, d, "bf16", mask="random", block=16, rel="tables", strided=True, seed=6, density=0.3)
-    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
-    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
-    torch.cuda.synchronize()
-    res = check(case, q, k, v, mask, rel_pos, out, lse)
-    assert res["ok"], "\n".join(res["problems"])
+    _check_forced_config(case, config)
+
+
+_ONE_STEP_CONFIGS = [(d, c) for d in (64, 80) for c in ((64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3))]
 
 
 @pytest.mark.parametrize("grid,rel", [((8, 8), "none"), ((2, 24), "tables"), ((1, 48), "terms")])
-@pytest.mark.parametrize("d,config", [(d, c) for d in (64, 80) for c in ((64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3))])
+@pytest.mark.parametrize("d,config", _ONE_STEP_CONFIGS)
 def test_gpu_dense_calls_of_one_key_step(grid, rel, d, config):
     """Dense calls whose whole key sequence is one key step, in other bias modes than the one-hot one (no
     bias; the gathered bias of a 2x24 grid; one grid row, which takes the fixed-offset pass). One-hot
     calls of one step computed wrong results on an H200 at these configs, compiled without their key
     loop (Triton specialized the step count 1 as a constant); the count is no longer specialized, so
     these run the looped kernel. Last in this file: added in the tenth session without a GPU run."""
-    from samsparse.backends.triton import TritonBackend
-    from samsparse.backends.triton.configs import TileConfig
-
-    case = Case(1, 2, 2, grid, d, "bf16", mask="none", rel=rel, strided=True, seed=8)
-    q, k, v, mask, rel_pos = make_inputs(case, "cuda")
-    out, lse = TritonBackend(options={"config": TileConfig(*config)}).attend(q, k, v, mask, rel_pos, return_lse=True)
-    torch.cuda.synchronize()
-    res = check(case, q, k, v, mask, rel_pos, out, lse)
-    assert res["ok"], "\n".join(res["problems"])
+    _check_forced_config(Case(1, 2, 2, grid, d, "bf16", mask="none", rel=rel, strided=True, seed=8), config)

@@ -403,4 +403,3 @@ def _mask_kernel_args(mask: BlockMask, device: torch.device) -> MaskKernelArgs:
                                   mean_keys)
         bq = bk = th * gw
     return MaskKernelArgs(idx.kv_num_blocks, idx.kv_indices, LAYOUT_SEQUENCE, bq, bk, mean_keys=mean_keys)
-

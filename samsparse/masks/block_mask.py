@@ -223,11 +223,12 @@ class BlockMask:
         For blocks on a GPU this reads one number back (a host sync) the first time; with
         ``read_device=False`` it returns None there instead, unless it is already known (computed
         before, or carried over by :meth:`to` from the CPU copy); likewise while torch.compile
-        traces. Kernels use it to pick their loop.
+        traces or a CUDA graph is captured. Kernels use it to pick their loop.
         """
         hit = self._derived.get(_KEY_BLOCKS_PER_ROW)
-        if hit is None and torch.compiler.is_compiling():
-            return None  # (reading a tensor back would break the traced graph)
+        capturing = self.blocks.is_cuda and torch.cuda.is_current_stream_capturing()
+        if hit is None and (torch.compiler.is_compiling() or capturing):
+            return None  # (reading a tensor back would break the traced graph or the capture)
         if hit is None and (read_device or self.blocks.device.type == "cpu"):
             hit = self._derived[_KEY_BLOCKS_PER_ROW] = float(self.blocks.sum(-1, dtype=torch.float32).mean())
         return hit
