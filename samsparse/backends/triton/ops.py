@@ -319,6 +319,12 @@ class _Plan:
     constexprs: dict
 
 
+def _split_one_step() -> bool:
+    """The plan's guard against the one-step miscompile (A/B switch while the kernel fix is verified on
+    a GPU: ``SAMSPARSE_TRITON_SPLIT_ONE_STEP=0`` turns it off)."""
+    return os.environ.get("SAMSPARSE_TRITON_SPLIT_ONE_STEP", "1").strip() != "0"
+
+
 _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
@@ -381,7 +387,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
             even_k = block_n == bk and nk % bk == 0 and not geo.varlen
         else:
             block_n = min(cfg.block_n, max(16, next_pow2(nk)))
-            if rel_dot == 1 and 16 < nk <= 64 and nk <= block_n and not geo.window:
+            if rel_dot == 1 and 16 < nk <= 64 and nk <= block_n and not geo.window and _split_one_step():
                 # one-hot bias over at most 64 keys in one step: two steps instead. In one step, 8x8
                 # and 4x12 grids computed wrong results (rel err ~0.96) on an H200 (Triton 3.6) at d=80
                 # with M64/N64/w4 and at d=64 with M64/N64/w8, tables or terms; the same configs with
@@ -407,7 +413,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     # reached by cutting M128/N256/w8/s2, which then faulted) ran one key step, and the two-step configs
     # were verified on the H200 with 4 warps only
     num_warps = cfg.num_warps
-    if block_m < cfg.block_m or two_steps:
+    if (block_m < cfg.block_m and _split_one_step()) or two_steps:
         num_warps = min(cfg.num_warps, max(4, block_m // 16))
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
