@@ -18,6 +18,8 @@
 #   attnseq_dense  the same with the fixed-offset pass kept to dense calls (SAMSPARSE_TRITON_FIXED_OFFSET=dense)
 #   terms      scripts/bench_terms.py: tile configs of the rel-pos terms kernel on SAM's global shapes
 #   hostprof   scripts/profile_host.py: host time per call of each piece, and a cProfile of vit_b B=1's call
+#   stepcost   scripts/bench_step_cost.py: fixed and per-key-row cost of masked global calls (vit_b, vit_h)
+#   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
 #              unspecialized; one-step dense calls, masked small grids, every window candidate and
@@ -120,6 +122,23 @@ for stage in "${STAGES[@]}"; do
       else
         echo "== ncu: not installed, skipped"
       fi ;;
+    ncusparse)
+      # the sparse global kernel against the dense one: where a short masked loop loses its time
+      if command -v ncu >/dev/null; then
+        run ncusparse 300 ncu --profile-from-start off --clock-control none --nvtx --section SpeedOfLight \
+            --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats \
+            --section InstructionStats --section SourceCounters -o /tmp/samsparse_sparse -f "$PY" \
+            scripts/profile_kernels.py --only triton_global triton_sparse25 triton_sparse09
+        ncu --import /tmp/samsparse_sparse.ncu-rep --page details >"$OUT/ncu_sparse_details.txt" 2>&1
+        ncu --import /tmp/samsparse_sparse.ncu-rep --page source --csv --print-source sass \
+            >"$OUT/ncu_sparse_source.csv" 2>&1
+      else
+        echo "== ncusparse: not installed, skipped"
+      fi ;;
+    stepcost)
+      run stepcost_b 240 "$PY" scripts/bench_step_cost.py --model vit_b --json "$OUT/step_cost_vit_b.json"
+      run stepcost_h 240 "$PY" scripts/bench_step_cost.py --model vit_h --variants tables,terms \
+          --json "$OUT/step_cost_vit_h.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

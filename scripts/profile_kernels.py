@@ -14,7 +14,9 @@ it prints the CUDA-event time of each call.
 
 Contenders (``--only`` picks a subset): triton_global, triton_window, cuda_global,
 cuda_window (vit_b shapes, B=8, bf16, rel-pos from the tables), sdpa_global and
-sdpa_window (PyTorch SDPA without bias, the flash kernel: the reference point).
+sdpa_window (PyTorch SDPA without bias, the flash kernel: the reference point), and
+triton_sparse25 / triton_sparse09 (the global shape with a mask in which every 64-token
+query block reads exactly 16 / 6 key rows: densities .25 and .094, the masked key-row loop).
 """
 
 from __future__ import annotations
@@ -44,8 +46,17 @@ def make_inputs(shape: str, dtype: torch.dtype, device: str):
     return q, k, v, th, tw, (g, g), d**-0.5
 
 
+SPARSE_ROWS = {"sparse25": 16, "sparse09": 6}  # key rows per query block of the sparse contenders
+
+
 def contender(name: str, dtype: torch.dtype, device: str):
     backend, shape = name.split("_")
+    mask = None
+    if shape in SPARSE_ROWS:
+        from bench_step_cost import exact_mask
+
+        mask = exact_mask(SHAPES["global"][1], 1, SPARSE_ROWS[shape], seed=0, device=device)
+        shape = "global"
     q, k, v, th, tw, grid, scale = make_inputs(shape, dtype, device)
     if backend == "sdpa":
         qc, kc, vc = (t.contiguous() for t in (q, k, v))
@@ -53,7 +64,7 @@ def contender(name: str, dtype: torch.dtype, device: str):
     impl = get(backend)
 
     def run():
-        return impl.attend(q, k, v, None, RelPos.from_tables(th, tw, grid), scale)
+        return impl.attend(q, k, v, mask, RelPos.from_tables(th, tw, grid), scale)
 
     return run
 
@@ -61,7 +72,8 @@ def contender(name: str, dtype: torch.dtype, device: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     names = ["triton_global", "triton_window", "cuda_global", "cuda_window", "sdpa_global", "sdpa_window"]
-    p.add_argument("--only", nargs="*", default=names, choices=names)
+    sparse = ["triton_sparse25", "triton_sparse09"]
+    p.add_argument("--only", nargs="*", default=names, choices=names + sparse)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU", file=sys.stderr)

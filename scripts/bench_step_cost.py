@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""What a sparse global-attention call costs per key step and per program (issue #5's p-scaling).
+
+    PYTHONPATH=. python scripts/bench_step_cost.py [--model vit_b|vit_h] [--batch 8] [--json out.json]
+
+SAM's global shape (64x64 grid, bf16, q/k/v strided views of one qkv projection) with block masks in
+which **every** query block reads exactly ``k`` key blocks (its diagonal plus random others, per head):
+no load imbalance, so the GPU time of a call is ``t(k) = t0 + s * k``. Masks of 64-token blocks (one
+key-grid row each: the key-row mode's masked loop, one step per block) and of 128-token blocks (two rows)
+are timed, for k up to 24 rows (below ``ops.PASS_MIN_KEYS``: no fixed-offset pass), and the dense call.
+Three bias variants: ``tables`` (the call as the patched module makes it: terms kernel included),
+``terms`` (rel_h / rel_w computed beforehand: the attention kernel alone) and ``nobias``.
+
+Printed per variant: the least-squares fit ``t0`` (ms) and ``s`` (ms per key row), ``t0 / s`` (the
+fixed cost of a call in key-row steps), the dense call against ``64 * s``, and the p-scaling
+``t(p) / (p * t(1))`` the fit predicts at p = .5, .25 and .094 next to the measured points. GPU time
+of a CUDA-graph replay (median of triton's ``do_bench_cudagraph``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from samsparse.masks import BlockMask  # noqa: E402
+from samsparse.relpos import RelPos  # noqa: E402
+
+MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}  # heads, head dim
+GRID = 64
+
+
+def exact_mask(h: int, rows_per_block: int, k: int, seed: int, device) -> BlockMask:
+    """Every query block reads exactly ``k`` key blocks of ``rows_per_block`` key-grid rows."""
+    block = rows_per_block * GRID
+    m = GRID * GRID // block
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, {m}] for {block}-token blocks, got {k}")
+    g = torch.Generator().manual_seed(seed)
+    score = torch.rand(1, h, m, m, generator=g) + 2.0 * torch.eye(m)  # the diagonal first
+    top = score.topk(k, dim=-1).indices
+    blocks = torch.zeros(1, h, m, m, dtype=torch.bool).scatter_(-1, top, True)
+    return BlockMask(blocks, block, GRID * GRID).to(device)
+
+
+def fit(points):
+    """Least squares t = t0 + s * x over [(x, t)]."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    mt = sum(t for _, t in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    s = sum((x - mx) * (t - mt) for x, t in points) / sxx
+    return mt - s * mx, s
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="vit_b")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--variants", default="tables,terms,nobias")
+    ap.add_argument("--json", help="write the rows and fits here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_step_cost.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from triton.testing import do_bench_cudagraph
+
+    from samsparse.backends.triton import TritonBackend
+
+    backend = TritonBackend()
+    h, d = MODELS[args.model]
+    b, n = args.batch, GRID * GRID
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(b, n, 3, h, d, generator=gen).to("cuda", torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    tab_h = (0.1 * torch.randn(2 * GRID - 1, d, generator=gen)).to("cuda", torch.bfloat16)
+    tab_w = (0.1 * torch.randn(2 * GRID - 1, d, generator=gen)).to("cuda", torch.bfloat16)
+    tables = RelPos.from_tables(tab_h, tab_w, (GRID, GRID))
+    rel_h, rel_w = tables.terms(q)
+    rel = {"tables": tables, "terms": RelPos((GRID, GRID), (GRID, GRID), rel_h=rel_h, rel_w=rel_w), "nobias": None}
+    scale = d**-0.5
+
+    cases = [(rows, kk) for rows, ks in ((1, (1, 2, 4, 8, 16, 24)), (2, (1, 2, 4, 8, 12))) for kk in ks]
+    rows_out, fits = [], {}
+    for variant in args.variants.split(","):
+        rp = rel[variant]
+        timed = {}
+        for rows, kk in [(0, GRID)] + cases:
+            mask = None if rows == 0 else exact_mask(h, rows, kk, seed=kk, device="cuda")
+            def fn(mask=mask, rp=rp):
+                return backend.attend(q, k, v, mask, rp, scale)
+
+            fn()  # compile + tune outside the graph
+            torch.cuda.synchronize()
+            ms = float(do_bench_cudagraph(fn, rep=50, return_mode="median"))
+            key_rows = GRID if rows == 0 else rows * kk
+            timed[(rows, kk)] = ms
+            rows_out.append({"model": args.model, "B": b, "variant": variant, "rows_per_block": rows,
+                             "key_blocks": kk, "key_rows": key_rows, "ms": ms})
+            print(f"{variant:7s} {'dense' if rows == 0 else f'{rows} row/blk x {kk:2d}':>14s} "
+                  f"({key_rows:2d} key rows): {ms:.4f} ms", flush=True)
+        dense = timed[(0, GRID)]
+        for rows in (1, 2):
+            pts = [(rows * kk, t) for (r, kk), t in timed.items() if r == rows]
+            t0, s = fit(pts)
+            pred = {p: (t0 + s * p * GRID) / (p * dense) for p in (0.5, 0.25, 0.094)}
+            fits[f"{variant}/{rows}row"] = {"t0_ms": t0, "s_ms_per_row": s, "t0_in_steps": t0 / s * rows,
+                                            "dense_over_64s": dense / (GRID * s), "dense_ms": dense,
+                                            "predicted_scaling": pred}
+            print(f"{variant:7s} {rows} row/blk: t0 {t0 * 1e3:.1f} us, s {s * 1e3:.2f} us/row "
+                  f"(t0 = {t0 / s:.1f} rows), dense {dense:.4f} ms = {dense / (GRID * s):.3f} x 64 s; "
+                  "fit t(p)/(p t(1)): " + ", ".join(f"p={p}: {r:.2f}" for p, r in pred.items()), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows_out, "fits": fits,
+                                               "gpu": torch.cuda.get_device_name()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
