@@ -24,7 +24,6 @@
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
 #              unspecialized; one-step dense calls, masked small grids, every window candidate and
 #              fallback, the in-place windows encoder, autotune, varlen, compile, native checks)
-#   recheck_nosplit  the same with the plan's one-step split and warp cut off (SAMSPARSE_TRITON_SPLIT_ONE_STEP=0)
 #   cudatests  the CUDA backend's GPU tests
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
@@ -98,9 +97,6 @@ for stage in "${STAGES[@]}"; do
     scaling) run scaling 300 "$PY" scripts/bench_batch_scaling.py --rounds 7 --json "$OUT/batch_scaling.json" \
         --md "$OUT/batch_scaling.md" ;;
     recheck) run recheck 400 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k \
-        "one_key_step or shorter_than_their_tile or every_window or fallback or encoder_with_windows or autotune or varlen or compile or natively" ;;
-    recheck_nosplit) run recheck_nosplit 400 env SAMSPARSE_TRITON_SPLIT_ONE_STEP=0 "$PY" -m pytest -q -m gpu \
-        tests/test_triton_gpu.py -rf -k \
         "one_key_step or shorter_than_their_tile or every_window or fallback or encoder_with_windows or autotune or varlen or compile or natively" ;;
     cudatests) run cudatests 300 "$PY" -m pytest -q -m gpu tests/test_cuda_backend.py -rf ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;

@@ -1036,48 +1036,32 @@ def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization
     assert len(compiles) == 4 and len(runs) == 3 and runs[-1][5][0].data_ptr() == a[1:].data_ptr()
 
 
-def test_plan_cuts_the_warps_with_a_tile_cut_to_a_short_sequence():
-    """A config's tile cut to a short sequence keeps at most 16 rows per warp (8 warps on a 64-row tile
-    computed wrong results on an H200); uncut tiles keep the config's warps."""
+def test_plan_keeps_the_config_for_short_sequences_and_one_key_step():
+    """Tiles cut to a short sequence keep the config's warps, and a one-hot call over at most 64 keys
+    runs its one key step: the plan used to split those in two and cut the warps, against wrong results
+    on an H200 that came from a kernel compiled without its key loop (``NKB == 1`` specialized). The
+    kernel now declares ``do_not_specialize=["NKB"]`` (offline test above); the GPU tests of both cases
+    (``one_key_step``, ``shorter_than_their_tile``, every window candidate on 8x8 / 4x12 grids) passed
+    without the split."""
     from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
-    def plan(n: int, cfg: TileConfig):
-        geo = ops._Geometry(
-            batch=1, heads=2, kv_heads=2, nq=n, nk=n, head_dim=64, dtype=torch.bfloat16, masked=False,
-            layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
-            has_rel=False, rel_k_grid=(1, 1),
-        )
-        return ops._make_plan(geo, cfg, True).constexprs
-
-    cut = plan(64, TileConfig(128, 256, 8, 2))
-    assert (cut["BLOCK_M"], cut["BLOCK_N"], cut["num_warps"]) == (64, 64, 4)
-    whole = plan(256, TileConfig(128, 256, 8, 2))
-    assert (whole["BLOCK_M"], whole["num_warps"]) == (128, 8)
-    small = plan(16, TileConfig(64, 32, 4, 3))
-    assert (small["BLOCK_M"], small["num_warps"]) == (16, 4)
-
-
-def test_plan_splits_a_one_step_one_hot_call_in_two():
-    """The one-hot bias over at most 64 keys runs two key steps, with at most 16 query rows per warp (in
-    one step, 8x8 and 4x12 grids computed wrong results on an H200); longer sequences keep the config."""
-    from samsparse.backends.triton import ops
-    from samsparse.backends.triton.configs import TileConfig
-
-    def plan(grid, cfg: TileConfig, d: int = 80):
+    def plan(grid, cfg: TileConfig, d: int = 80, rel: bool = True):
         n = grid[0] * grid[1]
         geo = ops._Geometry(
             batch=1, heads=2, kv_heads=2, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=False,
             layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
-            has_rel=True, rel_k_grid=grid, rel_tables=True,
+            has_rel=rel, rel_k_grid=grid if rel else (1, 1), rel_tables=rel,
         )
         c = ops._make_plan(geo, cfg, True).constexprs
-        assert c["REL_DOT"] == 1
+        assert c["REL_DOT"] == (1 if rel else 0)
         return c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]
 
-    assert plan((8, 8), TileConfig(64, 64, 4, 3)) == (64, 32, 4)
-    assert plan((4, 12), TileConfig(64, 128, 4, 2)) == (64, 32, 4)
-    assert plan((8, 8), TileConfig(64, 64, 8, 2), d=64) == (64, 32, 4)
-    assert plan((8, 8), TileConfig(64, 32, 4, 3)) == (64, 32, 4)  # two steps already
-    assert plan((14, 14), TileConfig(64, 256, 4, 2)) == (64, 256, 4)  # SAM's windows: right in one step
+    assert plan((8, 8), TileConfig(128, 256, 8, 2), d=64, rel=False) == (64, 64, 8)  # cut to 64 tokens
+    assert plan((16, 16), TileConfig(128, 256, 8, 2), d=64, rel=False) == (128, 256, 8)
+    assert plan((4, 4), TileConfig(64, 32, 4, 3), d=64, rel=False) == (16, 16, 4)
+    assert plan((8, 8), TileConfig(64, 64, 4, 3)) == (64, 64, 4)  # one key step
+    assert plan((4, 12), TileConfig(64, 128, 4, 2)) == (64, 64, 4)
+    assert plan((8, 8), TileConfig(64, 64, 8, 2), d=64) == (64, 64, 8)
+    assert plan((14, 14), TileConfig(64, 256, 4, 2)) == (64, 256, 4)  # SAM's windows in one step
     assert plan((16, 16), TileConfig(128, 64, 8, 3)) == (128, 64, 8)

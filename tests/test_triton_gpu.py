@@ -289,9 +289,8 @@ def test_gpu_torch_compile_no_graph_break():
 @pytest.mark.parametrize("d,config", _window_configs())
 def test_gpu_window_candidates_on_grids_shorter_than_their_tile_masked(grid, d, config):
     """The small grids of test_gpu_window_candidates_on_grids_shorter_than_their_tile under a random
-    16-token block mask (rows of one to four 16-key blocks, one-hot bias): the plan's two-step rule is
-    for dense calls, so masked rows must be right as they are. Last in this file: added in the tenth
-    session without a GPU run (a fault here cannot take the other tests with it)."""
+    16-token block mask (rows of one to four 16-key blocks, one-hot bias): masked rows read their step
+    count from memory, dense calls take it as the unspecialized ``NKB``; both must be right."""
     case = Case(1, 2, 2, grid, d, "bf16", mask="random", block=16, rel="tables", strided=True, seed=6, density=0.3)
     _check_forced_config(case, config)
 

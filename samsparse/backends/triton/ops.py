@@ -319,12 +319,6 @@ class _Plan:
     constexprs: dict
 
 
-def _split_one_step() -> bool:
-    """The plan's guard against the one-step miscompile (A/B switch while the kernel fix is verified on
-    a GPU: ``SAMSPARSE_TRITON_SPLIT_ONE_STEP=0`` turns it off)."""
-    return os.environ.get("SAMSPARSE_TRITON_SPLIT_ONE_STEP", "1").strip() != "0"
-
-
 _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
@@ -351,7 +345,6 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     rel_dot = geo.rel_dot()
     rgh_rel = geo.rel_k_grid[0] if geo.has_rel else 1
 
-    two_steps = False  # a one-step key loop split in two (below)
     if geo.masked:
         bq, bk = geo.block_q, geo.block_k
         block_m = min(cfg.block_m, max(16, next_pow2(bq)))
@@ -387,14 +380,6 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
             even_k = block_n == bk and nk % bk == 0 and not geo.varlen
         else:
             block_n = min(cfg.block_n, max(16, next_pow2(nk)))
-            if rel_dot == 1 and 16 < nk <= 64 and nk <= block_n and not geo.window and _split_one_step():
-                # one-hot bias over at most 64 keys in one step: two steps instead. In one step, 8x8
-                # and 4x12 grids computed wrong results (rel err ~0.96) on an H200 (Triton 3.6) at d=80
-                # with M64/N64/w4 and at d=64 with M64/N64/w8, tables or terms; the same configs with
-                # two or more steps (8x8 at N32, 10x10, 8x16, 14x14, 16x16) were right. (The cause, a
-                # kernel compiled without its key loop, is removed in _attn_fwd; this verified form stays)
-                block_n = next_pow2(nk) // 2
-                two_steps = True
             bk = block_n
             even_k = nk % bk == 0 and not geo.varlen
         sub_n = 1
@@ -408,13 +393,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     if redo:
         even_q = False  # the program's loads and stores are masked by its redo flag
     fixed = rows == 1 and geo.fixed_offset() and not redo
-    # a tile cut down to a short sequence keeps at most 16 rows per warp, and so does a one-hot call split
-    # into two key steps (above): the one wrong-result case with 8 warps (8x8 grid, d=64, M64/N64/w8, also
-    # reached by cutting M128/N256/w8/s2, which then faulted) ran one key step, and the two-step configs
-    # were verified on the H200 with 4 warps only
     num_warps = cfg.num_warps
-    if (block_m < cfg.block_m and _split_one_step()) or two_steps:
-        num_warps = min(cfg.num_warps, max(4, block_m // 16))
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
