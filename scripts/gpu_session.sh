@@ -6,6 +6,7 @@
 #   tests      GPU test grids of the Triton and CUDA backends
 #   attention  scripts/bench_attention.py (all SDPA backends, Flex, SAM eager; sequence + tiles masks)
 #   encoder8   vit_b B=8 encoder: original, sdpa, dense, 25% hierarchical (8x16 and 1x64 tiles), eager and compiled
+#   encoder50  vit_b B=8 compiled: dense and the 50% hierarchical recipe (8x16 and 1x64 tiles; long rows: the pass)
 #   encoder1   vit_b B=1 encoder with CUDA graphs
 #   vith       vit_h B=8 eager and compiled, B=1 eager and CUDA graphs
 #   ratio      vit_b B=8 compiled: dense vs 25% hierarchical (8x16 and 1x64 tiles), dense with SAM's
@@ -58,6 +59,9 @@ for stage in "${STAGES[@]}"; do
         --repeat 10 --recipes hierarchical:density=0.25 --compile \
         --extra-variants "sparse:hierarchical:density=0.25+compile" "sparse:hierarchical:density=0.25,tile=1x64+compile" \
         --json "$OUT/encoder8.json" --md "$OUT/encoder8.md" ;;
+    encoder50) run encoder50 300 "$PY" scripts/bench_encoder.py --models vit_b --batch 8 --dtype bf16 --no-fp32 \
+        --repeat 10 --recipes --extra-variants dense+compile "sparse:hierarchical:density=0.5+compile" \
+        "sparse:hierarchical:density=0.5,tile=1x64+compile" --json "$OUT/encoder50.json" --md "$OUT/encoder50.md" ;;
     encoder1) run encoder1 300 "$PY" scripts/bench_encoder.py --models vit_b --batch 1 --dtype bf16 --no-fp32 \
         --repeat 20 --recipes --extra-variants "dense+graphs" "original+graphs" \
         --json "$OUT/encoder1.json" --md "$OUT/encoder1.md" ;;
