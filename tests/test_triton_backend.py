@@ -1036,13 +1036,12 @@ def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization
     assert len(compiles) == 4 and len(runs) == 3 and runs[-1][5][0].data_ptr() == a[1:].data_ptr()
 
 
-def test_plan_keeps_the_config_for_short_sequences_and_one_key_step():
-    """Tiles cut to a short sequence keep the config's warps, and a one-hot call over at most 64 keys
-    runs its one key step: the plan used to split those in two and cut the warps, against wrong results
-    on an H200 that came from a kernel compiled without its key loop (``NKB == 1`` specialized). The
-    kernel now declares ``do_not_specialize=["NKB"]`` (offline test above); the GPU tests of both cases
-    (``one_key_step``, ``shorter_than_their_tile``, every window candidate on 8x8 / 4x12 grids) passed
-    without the split."""
+def test_plan_cuts_warps_of_cut_tiles_and_keeps_one_key_step():
+    """A one-hot call over at most 64 keys runs its one key step: the plan used to split it in two,
+    against wrong results on an H200 that came from a kernel compiled without its key loop (``NKB == 1``
+    specialized); the kernel now declares ``do_not_specialize=["NKB"]`` (offline test above) and the GPU
+    tests of those cases passed without the split. A tile cut to fewer query rows keeps at most 16 rows
+    per warp (8 warps on 64 rows were 2.4x slower per key row on masks of 64-token blocks)."""
     from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
@@ -1057,11 +1056,31 @@ def test_plan_keeps_the_config_for_short_sequences_and_one_key_step():
         assert c["REL_DOT"] == (1 if rel else 0)
         return c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]
 
-    assert plan((8, 8), TileConfig(128, 256, 8, 2), d=64, rel=False) == (64, 64, 8)  # cut to 64 tokens
+    assert plan((8, 8), TileConfig(128, 256, 8, 2), d=64, rel=False) == (64, 64, 4)  # cut to 64 tokens
     assert plan((16, 16), TileConfig(128, 256, 8, 2), d=64, rel=False) == (128, 256, 8)
     assert plan((4, 4), TileConfig(64, 32, 4, 3), d=64, rel=False) == (16, 16, 4)
     assert plan((8, 8), TileConfig(64, 64, 4, 3)) == (64, 64, 4)  # one key step
     assert plan((4, 12), TileConfig(64, 128, 4, 2)) == (64, 64, 4)
-    assert plan((8, 8), TileConfig(64, 64, 8, 2), d=64) == (64, 64, 8)
+    assert plan((8, 8), TileConfig(64, 64, 8, 2), d=64) == (64, 64, 8)  # not cut: the config's warps
     assert plan((14, 14), TileConfig(64, 256, 4, 2)) == (64, 256, 4)  # SAM's windows in one step
     assert plan((16, 16), TileConfig(128, 64, 8, 3)) == (128, 64, 8)
+
+
+def test_plan_cuts_warps_for_masks_of_64_token_query_blocks():
+    """SAM's 1x64-tile recipes have 64-token query blocks: a 128-row config runs them on 64-row tiles
+    with at most 4 warps (8 warps there were 2.4x slower per key row on an H200)."""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    def plan(block: int, cfg: TileConfig):
+        geo = ops._Geometry(
+            batch=8, heads=12, kv_heads=12, nq=4096, nk=4096, head_dim=64, dtype=torch.bfloat16, masked=True,
+            layout=0, block_q=block, block_k=block, num_q_blocks=4096 // block, num_k_blocks=4096 // block,
+            tile_grid=(1, 1), tile=(1, 1), has_rel=True, rel_k_grid=(64, 64),
+        )
+        c = ops._make_plan(geo, cfg, True).constexprs
+        return c["BLOCK_M"], c["num_warps"], c["ROWS"]
+
+    assert plan(64, TileConfig(128, 64, 8, 3)) == (64, 4, 1)
+    assert plan(128, TileConfig(128, 64, 8, 3)) == (128, 8, 1)
+    assert plan(64, TileConfig(64, 64, 4, 3)) == (64, 4, 1)

@@ -394,6 +394,11 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         even_q = False  # the program's loads and stores are masked by its redo flag
     fixed = rows == 1 and geo.fixed_offset() and not redo
     num_warps = cfg.num_warps
+    if block_m < cfg.block_m:
+        # a tile cut to fewer query rows (a short sequence, or a mask's 64-token query blocks under a
+        # 128-row config) keeps at most 16 rows per warp: 8 warps on 64 rows ran SAM's 64-token-block
+        # masks at 47 us per key row against 19.5 us for 128-token blocks (H200, vit_b B=8, eleventh run)
+        num_warps = min(cfg.num_warps, max(4, block_m // 16))
     constexprs = dict(
         HEAD_DIM=geo.head_dim, D1=d1, D2=d2,
         EVEN_D1=d1 <= geo.head_dim, EVEN_D2=d1 + d2 <= geo.head_dim,
