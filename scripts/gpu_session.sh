@@ -25,6 +25,8 @@
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
 #              unspecialized; one-step dense calls, masked small grids, every window candidate and
 #              fallback, the in-place windows encoder, autotune, varlen, compile, native checks)
+#   natively   the GPU runs of the interpreter checks (fixed-offset pass and its redo launch among them)
+#   ratio5     the ratio stage's dense and 25% rows only, 5 rounds
 #   cudatests  the CUDA backend's GPU tests
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
 #   tune       record the autotuner's choices for SAM's shape classes (shipped tuning ignored, fresh
@@ -102,6 +104,10 @@ for stage in "${STAGES[@]}"; do
         --md "$OUT/batch_scaling.md" ;;
     recheck) run recheck 400 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k \
         "one_key_step or shorter_than_their_tile or every_window or fallback or encoder_with_windows or autotune or varlen or compile or natively" ;;
+    natively) run natively 200 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k natively ;;
+    ratio5) run ratio5 420 "$PY" scripts/bench_sparse_ratio.py --model vit_b --batch 8 --rounds 5 --repeat 10 \
+        --variants dense+compile "sparse:hierarchical:density=0.25,tile=1x64+compile" \
+        "sparse:hierarchical:density=0.25+compile" --json "$OUT/ratio5.json" --md "$OUT/ratio5.md" ;;
     cudatests) run cudatests 300 "$PY" -m pytest -q -m gpu tests/test_cuda_backend.py -rf ;;
     quicktests) run quicktests 300 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -k "natively or candidate_config" ;;
     tune)
