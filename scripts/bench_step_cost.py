@@ -58,12 +58,38 @@ def fit(points):
     return mt - s * mx, s
 
 
+def sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
+    """Each forced config on the sparse shapes of bench_attention.py (128-token blocks): is the
+    autotuner's pick the fastest?"""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    rows_out = []
+    masks = {kk: exact_mask(h, 2, kk, seed=kk, device="cuda") for kk in (3, 8, 16)}
+    for text in args.sweep.split(","):
+        cfg = TileConfig(*(int(x) for x in text.split("/")))
+        for kk, mask in masks.items():
+            def fn(mask=mask, cfg=cfg):
+                return ops.attention(q, k, v, mask, tables, scale, config=cfg)
+
+            fn()
+            torch.cuda.synchronize()
+            ms = float(do_bench_cudagraph(fn, rep=50, return_mode="median"))
+            rows_out.append({"config": text, "key_blocks": kk, "density": kk / 32, "ms": ms})
+            print(f"{text:14s} {kk:2d} of 32 blocks (p={kk / 32:.3f}): {ms:.4f} ms", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"sweep": rows_out, "gpu": torch.cuda.get_device_name()}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="vit_b")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--variants", default="tables,terms,nobias")
     ap.add_argument("--json", help="write the rows and fits here")
+    ap.add_argument("--sweep", help="instead: time these forced tile configs (M/N/w/s, comma list) at 128-token "
+                    "block masks of 3, 8 and 16 blocks per query block (p = .094, .25, .5), tables in")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_step_cost.py needs a CUDA GPU", file=sys.stderr)
@@ -84,6 +110,9 @@ def main(argv=None) -> int:
     rel_h, rel_w = tables.terms(q)
     rel = {"tables": tables, "terms": RelPos((GRID, GRID), (GRID, GRID), rel_h=rel_h, rel_w=rel_w), "nobias": None}
     scale = d**-0.5
+
+    if args.sweep:
+        return sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph)
 
     cases = [(rows, kk) for rows, ks in ((1, (1, 2, 4, 8, 16, 24)), (2, (1, 2, 4, 8, 12))) for kk in ks]
     rows_out, fits = [], {}
