@@ -58,6 +58,45 @@ def fit(points):
     return mt - s * mx, s
 
 
+def interleaved(args, backend, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
+    """t(p) / (p t(1)) per round, dense and sparse calls alternating (masks of bench_masks.random_mask)."""
+    from bench_masks import random_mask
+
+    masks = {1.0: None}
+    for p in (0.5, 0.25, 0.1):
+        masks[p] = random_mask("sequence", h, (GRID, GRID), p, seed=int(p * 1000), device="cuda")
+    fns = {}
+    for p, mask in masks.items():
+        def fn(mask=mask):
+            return backend.attend(q, k, v, mask, tables, scale)
+
+        fn()  # compile + tune outside the timing
+        fns[p] = fn
+    torch.cuda.synchronize()
+    times = {p: [] for p in masks}
+    for r in range(args.interleaved):
+        for p, fn in fns.items():
+            times[p].append(float(do_bench_cudagraph(fn, rep=50, return_mode="median")))
+        print(f"round {r + 1}: " + ", ".join(f"p={p}: {times[p][-1]:.4f} ms" for p in masks), flush=True)
+    out = {"model": args.model, "B": args.batch, "rounds": []}
+    for r in range(args.interleaved):
+        dense = times[1.0][r]
+        out["rounds"].append({str(p): times[p][r] / (masks[p].density() * dense) for p in masks if p < 1.0})
+    med = {}
+    for p in masks:
+        if p < 1.0:
+            vals = sorted(rr[str(p)] for rr in out["rounds"])
+            med[p] = vals[len(vals) // 2]
+            print(f"{args.model} B={args.batch} p={masks[p].density():.3f}: t(p)/(p t(1)) median {med[p]:.3f} "
+                  f"(rounds {' '.join(f'{x:.3f}' for x in (rr[str(p)] for rr in out['rounds']))})", flush=True)
+    out["median"] = {str(p): v for p, v in med.items()}
+    out["ms"] = {str(p): t for p, t in times.items()}
+    out["density"] = {str(p): (1.0 if m is None else m.density()) for p, m in masks.items()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
 def sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
     """Each forced config on the sparse shapes of bench_attention.py (128-token blocks): is the
     autotuner's pick the fastest?"""
@@ -88,6 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--variants", default="tables,terms,nobias")
     ap.add_argument("--json", help="write the rows and fits here")
+    ap.add_argument("--interleaved", type=int, metavar="ROUNDS",
+                    help="instead: #5's p-scaling t(p) / (p t(1)) with bench_attention.py's random 128-token block "
+                         "masks (p = .5, .25, .1), the dense and sparse calls timed in alternating rounds (GPU "
+                         "clock drift cancels out of each round's ratio)")
     ap.add_argument("--sweep", help="instead: time these forced tile configs (M/N/w/s, comma list) at 128-token "
                     "block masks of 3, 8 and 16 blocks per query block (p = .094, .25, .5), tables in")
     args = ap.parse_args(argv)
@@ -111,6 +154,8 @@ def main(argv=None) -> int:
     rel = {"tables": tables, "terms": RelPos((GRID, GRID), (GRID, GRID), rel_h=rel_h, rel_w=rel_w), "nobias": None}
     scale = d**-0.5
 
+    if args.interleaved:
+        return interleaved(args, backend, q, k, v, tables, scale, h, do_bench_cudagraph)
     if args.sweep:
         return sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph)
 

@@ -26,6 +26,7 @@
 #              unspecialized; one-step dense calls, masked small grids, every window candidate and
 #              fallback, the in-place windows encoder, autotune, varlen, compile, native checks)
 #   natively   the GPU runs of the interpreter checks (fixed-offset pass and its redo launch among them)
+#   pscale     #5's p-scaling with dense and sparse calls in alternating rounds (bench_step_cost.py --interleaved)
 #   ratio5     the ratio stage's dense and 25% rows only, 5 rounds
 #   cudatests  the CUDA backend's GPU tests
 #   quicktests the GPU runs of the interpreter checks and every candidate tile config
@@ -105,6 +106,8 @@ for stage in "${STAGES[@]}"; do
     recheck) run recheck 400 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k \
         "one_key_step or shorter_than_their_tile or every_window or fallback or encoder_with_windows or autotune or varlen or compile or natively" ;;
     natively) run natively 200 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -k natively ;;
+    pscale) run pscale_b 150 "$PY" scripts/bench_step_cost.py --model vit_b --interleaved 5 --json "$OUT/pscale_vit_b.json"
+      run pscale_h 150 "$PY" scripts/bench_step_cost.py --model vit_h --interleaved 5 --json "$OUT/pscale_vit_h.json" ;;
     ratio5) run ratio5 420 "$PY" scripts/bench_sparse_ratio.py --model vit_b --batch 8 --rounds 5 --repeat 10 \
         --variants dense+compile "sparse:hierarchical:density=0.25,tile=1x64+compile" \
         "sparse:hierarchical:density=0.25+compile" --json "$OUT/ratio5.json" --md "$OUT/ratio5.md" ;;

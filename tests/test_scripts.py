@@ -15,7 +15,7 @@ SH_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 GPU_ONLY = {
     "first_call_encoder.py", "profile_encoder.py", "profile_kernels.py", "profile_host.py", "cuda_memcheck_case.py",
     "bench_linear_act.py", "sweep_window_configs.py", "sweep_maxnreg.py", "check_wgmma_serialization.py",
-    "ab_fixed_offset.py", "bench_batch_scaling.py", "bench_terms.py",
+    "ab_fixed_offset.py", "bench_batch_scaling.py", "bench_terms.py", "bench_step_cost.py",
 }
 
 
