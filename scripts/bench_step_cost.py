@@ -58,8 +58,9 @@ def fit(points):
     return mt - s * mx, s
 
 
-def interleaved(args, backend, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
+def interleaved(args, backend, q, k, v, tables, scale, h) -> int:
     """t(p) / (p t(1)) per round, dense and sparse calls alternating (masks of bench_masks.random_mask)."""
+    from bench_batch_scaling import alternating_times
     from bench_masks import random_mask
 
     masks = {1.0: None}
@@ -73,11 +74,9 @@ def interleaved(args, backend, q, k, v, tables, scale, h, do_bench_cudagraph) ->
         fn()  # compile + tune outside the timing
         fns[p] = fn
     torch.cuda.synchronize()
-    times = {p: [] for p in masks}
+    times = alternating_times(fns, args.interleaved, 50, torch.device("cuda"))
     for r in range(args.interleaved):
-        for p, fn in fns.items():
-            times[p].append(float(do_bench_cudagraph(fn, rep=50, return_mode="median")))
-        print(f"round {r + 1}: " + ", ".join(f"p={p}: {times[p][-1]:.4f} ms" for p in masks), flush=True)
+        print(f"round {r + 1}: " + ", ".join(f"p={p}: {times[p][r]:.4f} ms" for p in masks), flush=True)
     out = {"model": args.model, "B": args.batch, "rounds": []}
     for r in range(args.interleaved):
         dense = times[1.0][r]
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
     scale = d**-0.5
 
     if args.interleaved:
-        return interleaved(args, backend, q, k, v, tables, scale, h, do_bench_cudagraph)
+        return interleaved(args, backend, q, k, v, tables, scale, h)
     if args.sweep:
         return sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph)
 

@@ -74,7 +74,7 @@ def test_bench_attention_cpu_smoke_times_every_contender_of_ours(tmp_path):
     proc = _run(
         [sys.executable, "scripts/bench_attention.py", "--device", "cpu", "--batches", "1", "--models", "b",
          "--grid", "8", "--densities", "1,0.5", "--block", "16", "--skip-flex", "--skip-eager", "--no-window",
-         "--rep", "1", "--json", str(out)],
+         "--rep", "1", "--scaling-rounds", "2", "--json", str(out)],
         env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT)),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,6 +83,10 @@ def test_bench_attention_cpu_smoke_times_every_contender_of_ours(tmp_path):
     assert {("ours", 1.0), ("ours_module", 1.0), ("ours_terms", 1.0), ("ours", 0.5)} <= got, got
     for r in rows:
         assert r.get("max_rel_err", 1.0) <= 2e-2, r
+    # the sparse row's p-scaling also from alternating rounds: the median of the two rounds' ratios
+    sparse = next(r for r in rows if r["contender"] == "ours" and r["density"] < 1.0)
+    low, high = sparse["scaling_alt_range"]
+    assert 0 < low <= sparse["scaling_alt"] <= high, sparse
 
 
 def test_bench_batch_scaling_cpu_smoke(tmp_path):
