@@ -802,9 +802,13 @@ def test_fixed_offset_classes_start_from_the_shipped_running_max_choice(tmp_path
     configs.CACHE.clear_memory()
     try:
         for key in dense_rows:
-            want = configs.TileConfig(**shipped[key]["config"])
             fx = key.replace(":dot0|", ":dot0:fx|")
+            # a recorded fixed-offset choice wins over the alias of the running-max one
+            want = configs.TileConfig(**shipped[fx if fx in shipped else key]["config"])
             assert configs.lookup_or_tune(fx, [configs.TileConfig(16, 16, 4, 1)], never, configs.TileConfig(16, 16, 4, 1)) == want
+        recorded = [k for k in shipped if ":dot0:fx|" in k and k.replace(":dot0:fx|", ":dot0|") in shipped
+                    and shipped[k]["config"] != shipped[k.replace(":dot0:fx|", ":dot0|")]["config"]]
+        assert recorded, "a shipped class with its own fixed-offset choice (H200, 128-token blocks)"
     finally:
         configs.CACHE.clear_memory()
 
