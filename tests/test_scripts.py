@@ -64,6 +64,25 @@ def test_profile_encoder_groups_kernels_by_what_they_do():
         assert profile_encoder.group_of(name) == group, name
 
 
+def test_bench_step_cost_masks_read_exactly_k_key_blocks_and_the_fit_is_least_squares():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_step_cost
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    for rows, k in ((1, 5), (2, 3), (2, 32)):
+        mask = bench_step_cost.exact_mask(4, rows, k, seed=k, device="cpu")
+        assert mask.block_size == (64 * rows, 64 * rows)
+        assert (mask.blocks.sum(-1) == k).all(), "every query block reads exactly k key blocks"
+        assert mask.blocks.diagonal(dim1=-2, dim2=-1).all(), "the diagonal first"
+    with pytest.raises(ValueError, match="k must be in"):
+        bench_step_cost.exact_mask(4, 2, 33, seed=0, device="cpu")
+    t0, s = bench_step_cost.fit([(1, 3.0), (2, 5.0), (4, 9.0), (8, 17.0)])
+    assert abs(t0 - 1.0) < 1e-12 and abs(s - 2.0) < 1e-12
+    t0, s = bench_step_cost.fit([(0, 0.0), (1, 1.0), (2, 1.0)])  # not collinear: least squares
+    assert abs(s - 0.5) < 1e-12 and abs(t0 - 1 / 6) < 1e-12
+
+
 def test_bench_attention_cpu_smoke_times_every_contender_of_ours(tmp_path):
     """bench_attention.py end to end on a tiny grid under the Triton interpreter: each of our rows
     (whole call, the patched block's call, terms handed in, sparse) runs and matches the reference."""
