@@ -9,12 +9,17 @@ no load imbalance, so the GPU time of a call is ``t(k) = t0 + s * k``. Masks of 
 key-grid row each: the key-row mode's masked loop, one step per block) and of 128-token blocks (two rows)
 are timed, for k up to 24 rows (below ``ops.PASS_MIN_KEYS``: no fixed-offset pass), and the dense call.
 Three bias variants: ``tables`` (the call as the patched module makes it: terms kernel included),
-``terms`` (rel_h / rel_w computed beforehand: the attention kernel alone) and ``nobias``.
+``terms`` (SAM's einsum terms handed in: no terms kernel, but rel_h is query-minor, so each step reads its
+height column with a stride; on the H200 it timed the same as ``tables``) and ``nobias``.
 
 Printed per variant: the least-squares fit ``t0`` (ms) and ``s`` (ms per key row), ``t0 / s`` (the
 fixed cost of a call in key-row steps), the dense call against ``64 * s``, and the p-scaling
 ``t(p) / (p * t(1))`` the fit predicts at p = .5, .25 and .094 next to the measured points. GPU time
 of a CUDA-graph replay (median of triton's ``do_bench_cudagraph``).
+
+``--sweep M/N/w/s,...`` times forced tile configs on 128-token block masks at p = .094, .25 and .5 (is
+the autotuner's pick the fastest?). ``--interleaved ROUNDS`` measures #5's p-scaling on
+bench_attention.py's random masks with the dense and sparse calls in alternating rounds.
 """
 
 from __future__ import annotations
