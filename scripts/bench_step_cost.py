@@ -155,7 +155,12 @@ def main(argv=None) -> int:
     tab_h = (0.1 * torch.randn(2 * GRID - 1, d, generator=gen)).to("cuda", torch.bfloat16)
     tab_w = (0.1 * torch.randn(2 * GRID - 1, d, generator=gen)).to("cuda", torch.bfloat16)
     tables = RelPos.from_tables(tab_h, tab_w, (GRID, GRID))
-    rel_h, rel_w = tables.terms(q)
+    # the terms variant's terms from another RelPos: RelPos.terms caches them on its object for this q,
+    # and the kernels then take them instead of running the terms kernel (the eleventh run's first
+    # step-cost and alternating-rounds numbers were made that way: no terms kernel in any variant)
+    rel_h, rel_w = RelPos.from_tables(tab_h, tab_w, (GRID, GRID)).terms(q)
+    if tables.ready_terms(q) is not None:
+        raise RuntimeError("the tables variant must run the terms kernel: its RelPos holds terms for q")
     rel = {"tables": tables, "terms": RelPos((GRID, GRID), (GRID, GRID), rel_h=rel_h, rel_w=rel_w), "nobias": None}
     scale = d**-0.5
 
