@@ -439,8 +439,8 @@ COLUMNS = [
 def alternating_scaling(alternate: dict, args, device) -> None:
     """t(p)/(p t(1)) of ours from graph replays timed in alternating rounds (dense, then each density, per
     round; median of the per-round ratios): drift over the run cancels out of each ratio, which the
-    sequential "scaling" column does not guarantee (eleventh run: 1.53 there against 1.31 alternating at
-    p = .25, same calls)."""
+    sequential "scaling" column does not guarantee. The replays are the rows' graph calls (``rp_pre`` holds
+    tables only, so the terms kernel runs in each)."""
     if args.scaling_rounds < 1 or args.check_only or "dense" not in alternate:
         return
     # (on the CPU, a smoke test: plain calls instead of graph replays)

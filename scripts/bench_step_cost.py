@@ -10,8 +10,8 @@ key-grid row each: the key-row mode's masked loop, one step per block) and of 12
 are timed, for k up to 24 rows (below ``ops.PASS_MIN_KEYS``: no fixed-offset pass), and the dense call.
 Three bias variants: ``tables`` (the call as the patched module makes it: terms kernel included),
 ``terms`` (SAM's einsum terms handed in: no terms kernel, but in the einsum's [B, H, N, gh] layout a key
-row's column of rel_h is strided across the queries, where the terms kernel stores it contiguous; on the
-H200 it timed the same as ``tables``) and ``nobias``.
+row's column of rel_h is strided across the queries, where the terms kernel stores it contiguous) and
+``nobias``.
 
 Printed per variant: the least-squares fit ``t0`` (ms) and ``s`` (ms per key row), ``t0 / s`` (the
 fixed cost of a call in key-row steps), the dense call against ``64 * s``, and the p-scaling
