@@ -17,7 +17,7 @@ from torch import nn
 from .backends import registry
 from .backends.base import Backend
 from .masks.block_mask import BlockMask
-from .relpos import RelPos, _tensor_key
+from .relpos import RelPos, _tensor_key, _TensorIdentity
 
 __all__ = ["SparseAttention", "MaskSource", "is_sam_attention"]
 
@@ -150,7 +150,7 @@ class SparseAttention(nn.Module):
         self.backend = backend
         object.__setattr__(self, "_original", None)
         self._chosen: dict[tuple, Backend] = {}
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple, tuple] = {}  # key -> (rh, rw, identity of rel_pos_h, of rel_pos_w)
         self._window_chosen: dict[tuple, Backend | None] = {}
 
     @classmethod
@@ -247,7 +247,8 @@ class SparseAttention(nn.Module):
                 key = (grid, dtype, key_h, key_w)
         if key is not None:
             hit = self._tables.get(key)
-            if hit is not None:
+            # (the same parameter objects: a replaced parameter can reuse a freed one's address)
+            if hit is not None and hit[2].matches(h, key[2]) and hit[3].matches(w, key[3]):
                 return RelPos(grid, grid, rh=hit[0], rw=hit[1], toeplitz=True)  # gathered by from_tables
         rel_pos = RelPos.from_tables(h, w, grid)
         if rel_pos.rh.dtype != dtype:
@@ -255,7 +256,7 @@ class SparseAttention(nn.Module):
         if key is not None:
             if len(self._tables) > 8:
                 self._tables.clear()
-            self._tables[key] = (rel_pos.rh, rel_pos.rw)
+            self._tables[key] = (rel_pos.rh, rel_pos.rw, _TensorIdentity(h, key[2]), _TensorIdentity(w, key[3]))
         return rel_pos
 
     def _window_backend(self, x: torch.Tensor, window: int) -> Backend | None:

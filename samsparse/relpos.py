@@ -15,6 +15,7 @@ for the form it needs.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -77,6 +78,36 @@ def _tensor_key(t: torch.Tensor) -> tuple | None:
         return None
 
 
+class _TensorIdentity:
+    """The tensor a cache entry was made from: the same live object, unmodified since.
+
+    A key of storage address, view and version counter alone is not enough: once a tensor is freed,
+    the caching allocator hands its address to the next tensor of that size, whose version counter
+    starts at 0 again, and a cache keyed that way would return results computed from the old tensor.
+    """
+
+    __slots__ = ("ref", "key")
+
+    def __init__(self, t: torch.Tensor, key: tuple) -> None:
+        self.ref = weakref.ref(t)
+        self.key = key
+
+    def matches(self, t: torch.Tensor, key: tuple | None) -> bool:
+        return key is not None and key == self.key and self.ref() is t
+
+    # pickled (a model saved whole, a deepcopy) it matches nothing: the copies are other tensors
+    def __getstate__(self) -> tuple:
+        return self.key
+
+    def __setstate__(self, key: tuple) -> None:
+        self.key = key
+        self.ref = _no_tensor
+
+
+def _no_tensor() -> None:
+    return None
+
+
 @dataclass
 class RelPos:
     """Decomposed rel-pos bias for one attention call.
@@ -106,7 +137,7 @@ class RelPos:
     rel_w: torch.Tensor | None = None
     toeplitz: bool = False
     # which q the terms in rel_h / rel_w were computed from by :meth:`terms` (None: given by the caller)
-    _terms_of: tuple | None = field(default=None, repr=False, compare=False)
+    _terms_of: _TensorIdentity | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_tables(
@@ -157,10 +188,11 @@ class RelPos:
         Computed once per q (cached on this object) in q's dtype, exactly as SAM does,
         unless ``dtype`` asks for another (e.g. float64 for the reference). Terms given by
         the caller are returned as they are; cached terms are recomputed when called with
-        another q (another tensor, or the same one modified in place).
+        another q (another tensor object, even one at the same address, or the same one
+        modified in place).
         """
         key = _tensor_key(q)
-        ready = self._ready_terms(key)
+        ready = self._ready_terms(q, key)
         if ready is not None:
             if dtype is None:
                 return ready
@@ -175,24 +207,24 @@ class RelPos:
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, self.rh.to(dtype)).reshape(b, h, nq, -1)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, self.rw.to(dtype)).reshape(b, h, nq, -1)
         if cache and key is not None:
-            self.rel_h, self.rel_w, self._terms_of = rel_h, rel_w, key
+            self.rel_h, self.rel_w, self._terms_of = rel_h, rel_w, _TensorIdentity(q, key)
         return rel_h, rel_w
 
     def ready_terms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The terms held for q without computing anything: the caller's, or those :meth:`terms`
         cached for this very q (same tensor, not modified since); None when there are none."""
         # q's identity matters only for cached terms (and costs a few us per call to read)
-        return self._ready_terms(_tensor_key(q) if self._terms_are_cache else None)
+        return self._ready_terms(q, _tensor_key(q) if self._terms_are_cache else None)
 
     @property
     def _terms_are_cache(self) -> bool:
         """rel_h / rel_w were cached by :meth:`terms` (the tables are the truth), not given."""
         return self._terms_of is not None and self.has_tables
 
-    def _ready_terms(self, key: tuple | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _ready_terms(self, q: torch.Tensor, key: tuple | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.rel_h is None or self.rel_w is None:
             return None
-        if not self._terms_are_cache or (key is not None and self._terms_of == key):
+        if not self._terms_are_cache or self._terms_of.matches(q, key):
             return self.rel_h, self.rel_w
         return None
 

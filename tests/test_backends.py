@@ -260,6 +260,29 @@ def test_relpos_terms_cache_follows_q():
     q8 = torch.randn(3, 2, 16, 8, generator=g)
     rp.validate(q8, 16)
     assert torch.equal(rp.terms(q8)[0], fresh(q8)[0])
+    # another tensor with the same address, view and version counter (what the caching allocator gives the
+    # next tensor of that size once q is freed) is not q: nothing is held for it
+    q3 = torch.randn(1, 2, 16, 8, generator=g)
+    q3.add_(0.0)  # version 1, as the alias below starts with
+    rp.terms(q3)
+    alias = torch.empty(0).set_(q3.untyped_storage(), q3.storage_offset(), q3.shape, q3.stride())
+    assert (alias.data_ptr(), alias._version) == (q3.data_ptr(), q3._version)
+    assert rp.ready_terms(alias) is None and rp.ready_terms(q3) is not None
+
+
+def test_relpos_reused_across_fresh_tensors_never_returns_another_tensors_terms():
+    """A RelPos kept across calls whose q is freed and reallocated (often at the same address, version 0
+    again): every call gets the terms of its own q. Keyed by address and version alone, 5 of 20 calls
+    returned the previous q's terms on the development machine."""
+    g = torch.Generator().manual_seed(4)
+    tables = torch.randn(2, 7, 8, generator=g)
+    rp = RelPos.from_tables(tables[0], tables[1], (4, 4))
+    for _ in range(20):
+        q = torch.randn(1, 2, 16, 8, generator=g)
+        want = RelPos.from_tables(tables[0], tables[1], (4, 4)).terms(q)
+        got = rp.terms(q)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        del q, got
 
 
 def test_triton_op_does_not_use_terms_cached_for_another_q(monkeypatch):
@@ -283,3 +306,32 @@ def test_triton_op_does_not_use_terms_cached_for_another_q(monkeypatch):
     assert seen[-1][0] is None and seen[-1][1] is not None  # tables, not q1's terms
     ops.attention(q1, q1, q1, None, rp)
     assert seen[-1][0] is cached_h  # q1's own cached terms are used
+
+
+def test_module_table_cache_is_kept_for_its_parameters_and_dropped_for_replaced_ones():
+    """SparseAttention keeps its gathered rel-pos tables while its parameters are unchanged; a parameter
+    replaced by another tensor gets its own tables, even when that tensor has the old one's address,
+    view and version counter (as the caching allocator can hand out)."""
+    from samsparse import SparseAttention
+
+    torch.manual_seed(5)
+    attn = SparseAttention(16, num_heads=2, use_rel_pos=True, input_size=(3, 3)).eval()
+    with torch.no_grad():
+        first = attn._rel_pos((3, 3), torch.float32)
+        assert attn._rel_pos((3, 3), torch.float32).rh is first.rh  # kept
+        h = attn.rel_pos_h
+        alias = torch.empty(0).set_(h.untyped_storage(), h.storage_offset(), h.shape, h.stride())
+        while alias._version != h._version:  # the same version count as the old parameter
+            (alias if alias._version < h._version else h).add_(0.0)
+        first = attn._rel_pos((3, 3), torch.float32)  # (h's in-place bumps are new contents: gather again)
+        assert (alias.data_ptr(), alias._version) == (h.data_ptr(), h._version)
+        attn.rel_pos_h = torch.nn.Parameter(alias, requires_grad=False)
+        again = attn._rel_pos((3, 3), torch.float32)
+        assert again.rh is not first.rh  # gathered anew for the new parameter object
+        assert torch.equal(again.rh, first.rh)  # (same storage: same values)
+        import copy
+
+        twin = copy.deepcopy(attn)  # copies the cache (identities pickle as matching nothing)
+        assert all(not e[2].matches(twin.rel_pos_h, k[2]) for k, e in twin._tables.items())
+        assert torch.equal(twin._rel_pos((3, 3), torch.float32).rh, again.rh)
+
