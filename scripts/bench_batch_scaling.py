@@ -80,15 +80,15 @@ def time_ms(fn, rep: int, device: torch.device, graph: bool = False) -> float:
     return float(do_bench(fn, warmup=10, rep=rep, return_mode="median"))
 
 
-def alternating_times(fns: dict, rounds: int, rep: int, device: torch.device, graph: bool = True) -> dict:
-    """{key: [ms per round]}: every round times each function once, in turn (``time_ms``), so clock and
-    thermal drift during the run falls on all of them alike. Functions must be warmed up already."""
+def alternating_times(fns: dict, rounds: int, rep: int, device: torch.device) -> dict:
+    """{key: [ms per round]}: every round times each function once, in turn (``time_ms``, CUDA-graph replay),
+    so clock and thermal drift during the run falls on all of them alike. Functions must be warmed up already."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     times: dict = {key: [] for key in fns}
     for _ in range(rounds):
         for key, fn in fns.items():
-            times[key].append(time_ms(fn, rep, device, graph=graph))
+            times[key].append(time_ms(fn, rep, device, graph=True))
     return times
 
 

@@ -37,21 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from samsparse.masks import BlockMask  # noqa: E402
 from samsparse.relpos import RelPos  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch_scaling import alternating_times, time_ms  # noqa: E402
+from bench_masks import random_mask  # noqa: E402
+
+CUDA = torch.device("cuda")
+
 MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}  # heads, head dim
 GRID = 64
 
 
 def exact_mask(h: int, rows_per_block: int, k: int, seed: int, device) -> BlockMask:
-    """Every query block reads exactly ``k`` key blocks of ``rows_per_block`` key-grid rows."""
+    """Every query block reads exactly ``k`` key blocks of ``rows_per_block`` key-grid rows (bench_attention's
+    random mask at density k / Mk: the diagonal first, then random key blocks per head)."""
     block = rows_per_block * GRID
     m = GRID * GRID // block
     if not 1 <= k <= m:
         raise ValueError(f"k must be in [1, {m}] for {block}-token blocks, got {k}")
-    g = torch.Generator().manual_seed(seed)
-    score = torch.rand(1, h, m, m, generator=g) + 2.0 * torch.eye(m)  # the diagonal first
-    top = score.topk(k, dim=-1).indices
-    blocks = torch.zeros(1, h, m, m, dtype=torch.bool).scatter_(-1, top, True)
-    return BlockMask(blocks, block, GRID * GRID).to(device)
+    return random_mask("sequence", h, (GRID, GRID), k / m, seed, device, block=block)
 
 
 def fit(points):
@@ -66,9 +69,6 @@ def fit(points):
 
 def interleaved(args, backend, q, k, v, tables, scale, h) -> int:
     """t(p) / (p t(1)) per round, dense and sparse calls alternating (masks of bench_masks.random_mask)."""
-    from bench_batch_scaling import alternating_times
-    from bench_masks import random_mask
-
     masks = {1.0: None}
     for p in (0.5, 0.25, 0.1):
         masks[p] = random_mask("sequence", h, (GRID, GRID), p, seed=int(p * 1000), device="cuda")
@@ -80,7 +80,7 @@ def interleaved(args, backend, q, k, v, tables, scale, h) -> int:
         fn()  # compile + tune outside the timing
         fns[p] = fn
     torch.cuda.synchronize()
-    times = alternating_times(fns, args.interleaved, 50, torch.device("cuda"))
+    times = alternating_times(fns, args.interleaved, 50, CUDA)
     for r in range(args.interleaved):
         print(f"round {r + 1}: " + ", ".join(f"p={p}: {times[p][r]:.4f} ms" for p in masks), flush=True)
     out = {"model": args.model, "B": args.batch, "rounds": []}
@@ -102,7 +102,7 @@ def interleaved(args, backend, q, k, v, tables, scale, h) -> int:
     return 0
 
 
-def sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
+def sweep(args, q, k, v, tables, scale, h) -> int:
     """Each forced config on the sparse shapes of bench_attention.py (128-token blocks): is the
     autotuner's pick the fastest?"""
     from samsparse.backends.triton import ops
@@ -118,7 +118,7 @@ def sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph) -> int:
 
             fn()
             torch.cuda.synchronize()
-            ms = float(do_bench_cudagraph(fn, rep=50, return_mode="median"))
+            ms = time_ms(fn, 50, CUDA, graph=True)
             rows_out.append({"config": text, "key_blocks": kk, "density": kk / 32, "ms": ms})
             print(f"{text:14s} {kk:2d} of 32 blocks (p={kk / 32:.3f}): {ms:.4f} ms", flush=True)
     if args.json:
@@ -142,8 +142,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_step_cost.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from triton.testing import do_bench_cudagraph
-
     from samsparse.backends.triton import TritonBackend
 
     backend = TritonBackend()
@@ -167,7 +165,7 @@ def main(argv=None) -> int:
     if args.interleaved:
         return interleaved(args, backend, q, k, v, tables, scale, h)
     if args.sweep:
-        return sweep(args, q, k, v, tables, scale, h, do_bench_cudagraph)
+        return sweep(args, q, k, v, tables, scale, h)
 
     cases = [(rows, kk) for rows, ks in ((1, (1, 2, 4, 8, 16, 24)), (2, (1, 2, 4, 8, 12))) for kk in ks]
     rows_out, fits = [], {}
@@ -181,7 +179,7 @@ def main(argv=None) -> int:
 
             fn()  # compile + tune outside the graph
             torch.cuda.synchronize()
-            ms = float(do_bench_cudagraph(fn, rep=50, return_mode="median"))
+            ms = time_ms(fn, 50, CUDA, graph=True)
             key_rows = GRID if rows == 0 else rows * kk
             timed[(rows, kk)] = ms
             rows_out.append({"model": args.model, "B": b, "variant": variant, "rows_per_block": rows,
