@@ -20,6 +20,9 @@
 #   terms      scripts/bench_terms.py: tile configs of the rel-pos terms kernel on SAM's global shapes
 #   hostprof   scripts/profile_host.py: host time per call of each piece, and a cProfile of vit_b B=1's call
 #   stepcost   scripts/bench_step_cost.py: fixed and per-key-row cost of masked global calls (vit_b, vit_h)
+#   stepcost_pass  stepcost's vit_b rows with the fixed-offset pass in every masked call (=all)
+#   attnseq_oldpass  attnseq with the eleventh session's pass threshold for masks (1792 keys)
+#   stepcost_pass_h  stepcost_pass for vit_h (tables only)
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -148,6 +151,14 @@ for stage in "${STAGES[@]}"; do
       run stepcost_b 240 "$PY" scripts/bench_step_cost.py --model vit_b --json "$OUT/step_cost_vit_b.json"
       run stepcost_h 240 "$PY" scripts/bench_step_cost.py --model vit_h --variants tables,terms \
           --json "$OUT/step_cost_vit_h.json" ;;
+    stepcost_pass)
+      run stepcost_pass 240 env SAMSPARSE_TRITON_FIXED_OFFSET=all "$PY" scripts/bench_step_cost.py --model vit_b \
+          --variants tables,terms --json "$OUT/step_cost_vit_b_pass.json" ;;
+    attnseq_oldpass) run attnseq_oldpass 420 env SAMSPARSE_TRITON_PASS_MIN_KEYS=1792 "$PY" scripts/bench_attention.py \
+        --layouts sequence --skip-flex --skip-eager --no-window \
+        --json "$OUT/attention_seq_oldpass.json" --md "$OUT/attention_seq_oldpass.md" ;;
+    stepcost_pass_h) run stepcost_pass_h 240 env SAMSPARSE_TRITON_FIXED_OFFSET=all "$PY" scripts/bench_step_cost.py \
+        --model vit_h --variants tables --json "$OUT/step_cost_vit_h_pass.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

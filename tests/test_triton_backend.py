@@ -249,7 +249,7 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
                 flagged.append(int(tensors[-1].sum()))
 
     ops._ATTN_LAUNCHER = Spy()
-    min_keys = ops.PASS_MIN_KEYS
+    min_keys, min_queries = ops.PASS_MIN_KEYS, ops.PASS_MIN_QUERIES
     env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
     env.start()
     try:
@@ -258,6 +258,7 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
             for flag in ("1", "0"):
                 os.environ["SAMSPARSE_TRITON_FIXED_OFFSET"] = ("1" if on == "long" else on) if flag == "1" else "0"
                 ops.PASS_MIN_KEYS = 64 if on == "long" else min_keys
+                ops.PASS_MIN_QUERIES = 1 if on == "long" else min_queries
                 ops._PLANS.clear()
                 ops._REDO_PLANS.clear()
                 flagged.clear()
@@ -298,7 +299,7 @@ def _fixed_offset_check(device: str = "cpu") -> dict:
                 problems.append(f"{name}: not redone by the running-max loop (output differs from it)")
     finally:
         ops._ATTN_LAUNCHER = launcher
-        ops.PASS_MIN_KEYS = min_keys
+        ops.PASS_MIN_KEYS, ops.PASS_MIN_QUERIES = min_keys, min_queries
         env.stop()
         ops._PLANS.clear()
         ops._REDO_PLANS.clear()
@@ -1088,3 +1089,23 @@ def test_plan_cuts_warps_for_masks_of_64_token_query_blocks():
     assert plan(64, TileConfig(128, 64, 8, 3)) == (64, 4, 1)
     assert plan(128, TileConfig(128, 64, 8, 3)) == (128, 8, 1)
     assert plan(64, TileConfig(64, 64, 4, 3)) == (64, 4, 1)
+
+
+def test_masks_take_the_fixed_offset_pass_only_with_big_query_blocks_and_long_rows(monkeypatch):
+    """The pass runs a mask's calls only when its query blocks fill 128-row tiles and read >= 1024 keys
+    on average: with 64-token query blocks its key rows cost what the running max's do (64-row tiles both)
+    and it only adds its fixed cost (H200, twelfth run); with 128-token blocks it wins from ~12 key rows."""
+    from samsparse.backends.base import MaskKernelArgs
+    from samsparse.backends.triton import ops
+
+    monkeypatch.delenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", raising=False)
+
+    def long_rows(block_q: int, keys: float) -> int:
+        return ops._long_rows(MaskKernelArgs(block_q=block_q, block_k=block_q, mean_keys=keys))
+
+    assert long_rows(128, 1024.0) == 1 and long_rows(256, 4096.0) == 1
+    assert long_rows(128, 1000.0) == 0
+    assert long_rows(64, 4096.0) == 0  # SAM's 1x64-tile recipes keep the running max at any density
+    assert long_rows(0, 0.0) == 0  # dense calls decide elsewhere (the pass is their default)
+    monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
+    assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1

@@ -231,7 +231,7 @@ class _Geometry:
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype: the one-hot bias products are then exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
     window: tuple[int, ...] = ()  # windows in place: (window, windows per row, windows per image, grid h, grid w)
-    long_rows: bool = False  # masked: the query blocks read PASS_MIN_KEYS key tokens or more on average
+    long_rows: bool = False  # masked: big query blocks that read many key tokens on average (``_long_rows``)
 
     def rel_dot(self) -> int:
         """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
@@ -253,10 +253,10 @@ class _Geometry:
     def fixed_offset(self) -> bool:
         """Key-row mode with the softmax offset fixed after step 0 (``kernel._fixed_offset_pass``).
 
-        Dense calls, and masked calls whose query blocks read many key rows (``long_rows``): with few
-        key steps per program the pass's second product of step 0 weighs more than its cheaper
-        softmax saves (H200, vit_b B=8, ninth run: 0.96x the running max's time at p = .5 (2048 keys),
-        1.02-1.07x at p = .25, 1.17-1.2x at p = .1). bf16 and fp32 only: their P operand has fp32's
+        Dense calls, and masked calls with big query blocks that read many key rows (``long_rows``,
+        see ``PASS_MIN_KEYS``): with few key steps per program, or 64-row tiles, the pass's fixed cost
+        (step 0's second product, the redo launch) weighs more than its cheaper softmax saves. bf16
+        and fp32 only: their P operand has fp32's
         exponent range, which the fixed offset's partial sums need (fp16's does not).
         ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off, ``=dense`` keeps it to dense calls, ``=all``
         uses it for every masked call too (to measure them).
@@ -499,10 +499,24 @@ def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, h
 
 _IN_PROGRAM: dict = {}
 
-# Masked key-row calls take the fixed-offset pass when their query blocks read at least this many key
-# tokens on average (28 key rows of SAM's 64-wide grid; the pass won at 32 rows and lost at 16, ninth
-# run on the H200). Masks whose average is not known without a host sync keep the running max.
-PASS_MIN_KEYS = 1792
+# Masked key-row calls take the fixed-offset pass when their query blocks hold at least PASS_MIN_QUERIES
+# tokens and read at least PASS_MIN_KEYS key tokens on average. H200, vit_b B=8, masks in which every
+# query block reads exactly k key rows (scripts/bench_step_cost.py, twelfth run): with 128-token query
+# blocks the pass runs 128-row tiles at 16.2 us per key row against the running max's 19.5, after a fixed
+# cost 38 us higher (step 0's product and the redo launch), so it wins from ~12 rows (3% at 16, 7% at 24);
+# with 64-token query blocks both run 64-row tiles at 19.5-19.6 us per row and the pass only adds its
+# fixed cost (28 us), so it never wins. Masks whose average is not known without a host sync keep the
+# running max. SAMSPARSE_TRITON_PASS_MIN_KEYS overrides the key threshold (to measure it).
+PASS_MIN_KEYS = 1024
+PASS_MIN_QUERIES = 128
+
+
+def _long_rows(m) -> int:
+    """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0."""
+    if m.block_q < PASS_MIN_QUERIES:
+        return 0
+    min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
+    return int(m.mean_keys >= (float(min_keys) if min_keys else PASS_MIN_KEYS))
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -667,7 +681,7 @@ def _attention_impl(
 
 # Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
 # rel_toeplitz = 1: the tables are ``RelPos.toeplitz``; long_rows = 1: the mask's query blocks read
-# PASS_MIN_KEYS key tokens or more on average); the fake gives the outputs' shapes.
+# PASS_MIN_KEYS key tokens or more on average, in blocks of PASS_MIN_QUERIES or more); the fake gives the outputs' shapes.
 def _register_attention_op(name: str, impl):
     """``impl`` as the custom op ``samsparse::<name>``, whose fake gives ``empty_outputs(q)``'s shapes."""
     op = torch.library.custom_op(f"samsparse::{name}", impl, mutates_args=())
@@ -726,7 +740,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, int(m.mean_keys >= PASS_MIN_KEYS),
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m),
     )
 
 
