@@ -1091,21 +1091,23 @@ def test_plan_cuts_warps_for_masks_of_64_token_query_blocks():
     assert plan(64, TileConfig(64, 64, 4, 3)) == (64, 4, 1)
 
 
-def test_masks_take_the_fixed_offset_pass_only_with_big_query_blocks_and_long_rows(monkeypatch):
-    """The pass runs a mask's calls only when its query blocks fill 128-row tiles and read >= 1024 keys
-    on average: with 64-token query blocks its key rows cost what the running max's do (64-row tiles both)
-    and it only adds its fixed cost (H200, twelfth run); with 128-token blocks it wins from ~12 key rows."""
+def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_head_dims(monkeypatch):
+    """The pass runs a mask's calls when its query blocks read >= 1024 keys on average and either fill
+    128-row tiles or the head dim is split (vit_h's 80): with 64-token query blocks at d=64 its key rows
+    cost what the running max's do and it only adds its fixed cost; at d=80 it is 23% cheaper per row
+    there (H200, twelfth run)."""
     from samsparse.backends.base import MaskKernelArgs
     from samsparse.backends.triton import ops
 
     monkeypatch.delenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", raising=False)
 
-    def long_rows(block_q: int, keys: float) -> int:
-        return ops._long_rows(MaskKernelArgs(block_q=block_q, block_k=block_q, mean_keys=keys))
+    def long_rows(block_q: int, keys: float, d: int = 64) -> int:
+        return ops._long_rows(MaskKernelArgs(block_q=block_q, block_k=block_q, mean_keys=keys), d)
 
     assert long_rows(128, 1024.0) == 1 and long_rows(256, 4096.0) == 1
     assert long_rows(128, 1000.0) == 0
-    assert long_rows(64, 4096.0) == 0  # SAM's 1x64-tile recipes keep the running max at any density
+    assert long_rows(64, 4096.0) == 0  # vit_b's 1x64-tile recipes keep the running max at any density
+    assert long_rows(64, 1068.5, d=80) == 1 and long_rows(64, 380.0, d=80) == 0  # vit_h's 25% / 10% recipes
     assert long_rows(0, 0.0) == 0  # dense calls decide elsewhere (the pass is their default)
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
     assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1

@@ -231,7 +231,7 @@ class _Geometry:
     rel_dtype_ok: bool = True  # rel-pos terms in q's dtype: the one-hot bias products are then exact
     rel_tables: bool = False  # the terms are computed inside the attention program from the tables
     window: tuple[int, ...] = ()  # windows in place: (window, windows per row, windows per image, grid h, grid w)
-    long_rows: bool = False  # masked: big query blocks that read many key tokens on average (``_long_rows``)
+    long_rows: bool = False  # masked: the query blocks read many key tokens on average (``_long_rows``)
 
     def rel_dot(self) -> int:
         """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
@@ -499,21 +499,24 @@ def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, h
 
 _IN_PROGRAM: dict = {}
 
-# Masked key-row calls take the fixed-offset pass when their query blocks hold at least PASS_MIN_QUERIES
-# tokens and read at least PASS_MIN_KEYS key tokens on average. H200, vit_b B=8, masks in which every
-# query block reads exactly k key rows (scripts/bench_step_cost.py, twelfth run): with 128-token query
-# blocks the pass runs 128-row tiles at 16.2 us per key row against the running max's 19.5, after a fixed
-# cost 38 us higher (step 0's product and the redo launch), so it wins from ~12 rows (3% at 16, 7% at 24);
-# with 64-token query blocks both run 64-row tiles at 19.5-19.6 us per row and the pass only adds its
-# fixed cost (28 us), so it never wins. Masks whose average is not known without a host sync keep the
-# running max. SAMSPARSE_TRITON_PASS_MIN_KEYS overrides the key threshold (to measure it).
+# Masked key-row calls take the fixed-offset pass when their query blocks read at least PASS_MIN_KEYS key
+# tokens on average and either hold at least PASS_MIN_QUERIES tokens or the head dim is split (80 = 64 + 16).
+# H200, B=8, masks in which every query block reads exactly k key rows (scripts/bench_step_cost.py, twelfth
+# run), fixed cost t0 and cost per key row s, pass against running max:
+#   vit_b, 128-token query blocks: s 16.2 vs 19.5 us, t0 +38 us: the pass wins from ~12 rows (3% at 16);
+#   vit_b, 64-token query blocks: s 19.6 vs 19.5 us (64-row tiles both), t0 +28 us: it never wins;
+#   vit_h, 64-token query blocks: s 32.6 vs 42.1 us, t0 +37 us: it wins from ~4 rows (13% at 16);
+#   vit_h, 128-token query blocks: s 31.0 vs 34.1 us, t0 +33 us: it wins from ~11 rows.
+# bench_attention.py's random masks at p = .25 (1024 keys, 128-token blocks): vit_h 7% faster with the pass,
+# vit_b within 1% (GPU time). Masks whose average is not known without a host sync keep the running max.
+# SAMSPARSE_TRITON_PASS_MIN_KEYS overrides the key threshold (to measure it).
 PASS_MIN_KEYS = 1024
 PASS_MIN_QUERIES = 128
 
 
-def _long_rows(m) -> int:
+def _long_rows(m, head_dim: int) -> int:
     """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0."""
-    if m.block_q < PASS_MIN_QUERIES:
+    if m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0:
         return 0
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
     return int(m.mean_keys >= (float(min_keys) if min_keys else PASS_MIN_KEYS))
@@ -740,7 +743,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m),
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1]),
     )
 
 
