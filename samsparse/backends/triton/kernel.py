@@ -424,9 +424,6 @@ def _attn_fwd(
         dmask2 = (offs_d2 + D1) < HEAD_DIM
 
     flag_ptr = FLAGS + pid_bh * tl.num_programs(0) + pid_m
-    if REDO:
-        go = tl.load(flag_ptr) != 0
-        q_ok = q_ok & go  # (REDO plans are not EVEN_Q: every load and store of the program is masked)
     q_rows = Q + b64 * sqb + h64 * sqh + (q_start + q_tok.to(tl.int64))[:, None] * sqn
     q1 = _load_2d(q_rows + offs_d1[None, :] * sqd, q_ok[:, None] & dmask1[None, :], EVEN_Q and EVEN_D1)
     if D2 > 0:
@@ -517,8 +514,6 @@ def _attn_fwd(
         acc2 = tl.zeros([BLOCK_M, D2], dtype=tl.float32)
 
     total = n_kv * SUB_N
-    if REDO:
-        total = tl.where(go, total, 0)
     if WIN > 0:
         total = tl.where(tl.max(q_ok.to(tl.int32), 0) > 0, total, 0)  # all queries padding: nothing to do
     if HAS_REL and REL_DOT == 2:

@@ -390,8 +390,6 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
     if win:
         # windows in place: queries and keys are gathered from the image grid, always masked
         even_q = even_k = False
-    if redo:
-        even_q = False  # the program's loads and stores are masked by its redo flag
     fixed = rows == 1 and geo.fixed_offset() and not redo
     num_warps = cfg.num_warps
     if block_m < cfg.block_m:
