@@ -23,6 +23,7 @@
 #   stepcost_pass  stepcost's vit_b rows with the fixed-offset pass in every masked call (=all)
 #   attnseq_oldpass  attnseq with the eleventh session's pass threshold for masks (1792 keys)
 #   stepcost_pass_h  stepcost_pass for vit_h (tables only)
+#   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -159,6 +160,9 @@ for stage in "${STAGES[@]}"; do
         --json "$OUT/attention_seq_oldpass.json" --md "$OUT/attention_seq_oldpass.md" ;;
     stepcost_pass_h) run stepcost_pass_h 240 env SAMSPARSE_TRITON_FIXED_OFFSET=all "$PY" scripts/bench_step_cost.py \
         --model vit_h --variants tables --json "$OUT/step_cost_vit_h_pass.json" ;;
+    vith8_1x64) run vith8_1x64 300 "$PY" scripts/bench_encoder.py --models vit_h --batch 8 --dtype bf16 --no-fp32 \
+        --repeat 5 --recipes --extra-variants dense+compile "sparse:hierarchical:density=0.25,tile=1x64+compile" \
+        "sparse:hierarchical:density=0.5,tile=1x64+compile" --json "$OUT/vith8_1x64.json" --md "$OUT/vith8_1x64.md" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
