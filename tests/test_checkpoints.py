@@ -92,6 +92,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if st.cut_after is not None:
             body = body[: st.cut_after]
+        # recorded before the body goes out: the client can finish reading (and a test look at the
+        # requests) before this thread runs again after its last write
+        record = {"range": rng, "status": status, "sent": len(body)}
+        with st.lock:
+            st.requests.append(record)
         sent = 0
         try:
             for i in range(0, len(body), 4096):
@@ -99,9 +104,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 sent += len(body[i : i + 4096])
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            pass
-        with st.lock:
-            st.requests.append({"range": rng, "status": status, "sent": sent})
+            with st.lock:
+                record["sent"] = sent
         if st.cut_after is not None:
             self.close_connection = True
 
