@@ -26,6 +26,7 @@
 #   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
 #   selfab     the pass's offset from each query's own key (1) against step 0's products (0), every masked
 #              call on the pass, vit_b and vit_h, runs 1 / 0 / 1
+#   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -173,6 +174,8 @@ for stage in "${STAGES[@]}"; do
               "$PY" scripts/bench_step_cost.py --model $m --variants tables --json "$OUT/selfab_${m}_${run_o%:*}$o.json"
         done
       done ;;
+    passtests) run passtests 170 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
+        -k "natively or matches_reference or every_candidate_config" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
