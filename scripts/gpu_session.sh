@@ -24,8 +24,6 @@
 #   attnseq_oldpass  attnseq with the eleventh session's pass threshold for masks (1792 keys)
 #   stepcost_pass_h  stepcost_pass for vit_h (tables only)
 #   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
-#   selfab     the pass's offset from each query's own key (1) against step 0's products (0), every masked
-#              call on the pass, vit_b and vit_h, runs 1 / 0 / 1
 #   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
@@ -166,14 +164,6 @@ for stage in "${STAGES[@]}"; do
     vith8_1x64) run vith8_1x64 300 "$PY" scripts/bench_encoder.py --models vit_h --batch 8 --dtype bf16 --no-fp32 \
         --repeat 5 --recipes --extra-variants dense+compile "sparse:hierarchical:density=0.25,tile=1x64+compile" \
         "sparse:hierarchical:density=0.5,tile=1x64+compile" --json "$OUT/vith8_1x64.json" --md "$OUT/vith8_1x64.md" ;;
-    selfab)
-      for m in vit_b vit_h; do
-        for run_o in a:1 b:0 c:1; do
-          o=${run_o#*:}
-          run "selfab_${m}_${run_o%:*}$o" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=all SAMSPARSE_TRITON_OFFSET_SELF=$o \
-              "$PY" scripts/bench_step_cost.py --model $m --variants tables --json "$OUT/selfab_${m}_${run_o%:*}$o.json"
-        done
-      done ;;
     passtests) run passtests 170 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
         -k "natively or matches_reference or every_candidate_config" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -38,7 +38,7 @@ triton_installed = pytest.mark.skipif(
 EXTRA_CHECKS = [
     "varlen-dense", "varlen-sparse-headmask", "varlen-gqa-fp16", "compile-fullgraph", "opcheck", "lse-flag",
     "tables-toeplitz-or-not", "windows-in-place", "windows-block", "windows-opcheck",
-    "windows-compile", "fixed-offset", "fixed-offset-step0", "carry-ids", "carry-ids-off", "terms-configs",
+    "windows-compile", "fixed-offset", "carry-ids", "carry-ids-off", "terms-configs",
 ]
 
 
@@ -192,11 +192,8 @@ def _tables_check() -> dict:
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
 
 
-def _fixed_offset_check(device: str = "cpu", offset: str = "self") -> dict:
+def _fixed_offset_check(device: str = "cpu") -> dict:
     """Key-row mode in bf16 takes the fixed-offset pass; rows it cannot hold exactly are redone.
-
-    ``offset``: where the pass takes each row's offset, "self" (the query's own key, the default for
-    self-attention) or "step0" (step 0's products, ``SAMSPARSE_TRITON_OFFSET_SELF=0``).
 
     Runs under the interpreter (``device="cpu"``) and, from tests/test_triton_gpu.py, on a GPU.
 
@@ -255,7 +252,6 @@ def _fixed_offset_check(device: str = "cpu", offset: str = "self") -> dict:
     min_keys, min_queries = ops.PASS_MIN_KEYS, ops.PASS_MIN_QUERIES
     env = mock.patch.dict(os.environ)  # SAMSPARSE_TRITON_FIXED_OFFSET is restored afterwards
     env.start()
-    os.environ["SAMSPARSE_TRITON_OFFSET_SELF"] = "1" if offset == "self" else "0"
     try:
         for name, (kk, th, m, on) in inputs.items():
             outs = {}
@@ -280,10 +276,6 @@ def _fixed_offset_check(device: str = "cpu", offset: str = "self") -> dict:
                 want = [(0, 1), (1, 0)] if used else [(0, 0)]
                 if launches != want:
                     problems.append(f"{name}: (FIXED_M, REDO) of the launches {launches}, want {want}")
-                self_offset = sorted(p.constexprs["OFFSET_SELF"] for p in plans)
-                want_self = [0, int(offset == "self")] if used else [0]
-                if self_offset != want_self:
-                    problems.append(f"{name}: OFFSET_SELF of the launches {self_offset}, want {want_self}")
                 # the pass keeps both id lookups per step; the masked running-max loop carries one
                 carried = [p.constexprs["CARRY_IDS"] for p in plans]
                 if carried != [int(m is not None and not p.constexprs["FIXED_M"]) for p in plans]:
@@ -311,7 +303,7 @@ def _fixed_offset_check(device: str = "cpu", offset: str = "self") -> dict:
         env.stop()
         ops._PLANS.clear()
         ops._REDO_PLANS.clear()
-    return {"case": f"fixed-offset ({offset})", "ok": not problems,
+    return {"case": "fixed-offset", "ok": not problems,
             "problems": problems, "err": worst}
 
 
@@ -574,7 +566,6 @@ def _worker(out_path: str, only: set[str] | None) -> None:
         "tables-toeplitz-or-not": _tables_check, "windows-in-place": _windows_check,
         "windows-block": _windows_block_check, "windows-opcheck": _windows_opcheck,
         "windows-compile": _windows_compile_check, "fixed-offset": _fixed_offset_check,
-        "fixed-offset-step0": lambda: _fixed_offset_check(offset="step0"),
         "carry-ids": _carry_ids_check, "carry-ids-off": lambda: _carry_ids_check(off=True),
         "terms-configs": _terms_configs_check,
     }

@@ -62,12 +62,11 @@ def test_gpu_matches_reference(case):
 
 
 @pytest.mark.parametrize("check,kwargs", [
-    ("_fixed_offset_check", {}),  # the pass (offset from each query's own key) and its redo launch
-    ("_fixed_offset_check", {"offset": "step0"}),  # SAMSPARSE_TRITON_OFFSET_SELF=0
+    ("_fixed_offset_check", {}),  # the pass and its redo launch
     ("_carry_ids_check", {}),  # masked running-max loops carry the look-ahead's key-block id (default)
     ("_carry_ids_check", {"off": True}),  # SAMSPARSE_TRITON_CARRY_IDS=0
     ("_terms_configs_check", {}),  # the terms kernel at the configs bench_terms.py times
-], ids=["fixed-offset", "fixed-offset-step0", "carry-ids", "carry-ids-off", "terms-configs"])
+], ids=["fixed-offset", "carry-ids", "carry-ids-off", "terms-configs"])
 def test_gpu_interpreter_checks_natively(check, kwargs):
     """Interpreter checks of tests/test_triton_backend.py run natively on the GPU. The fixed-offset pass
     of dense key-row calls flags exactly the programs it cannot hold (none for ordinary inputs), the

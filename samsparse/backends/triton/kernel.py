@@ -202,11 +202,10 @@ def _tile_slices(relh_rows, relw_rows, j, NTW, shr, swc, offs_rh, offs_rw, q_ok,
 def _fixed_offset_pass(
     q1, q2, k_base, v_base, skn, skd, svn, svd,
     offs_n, offs_d1, offs_d2, dmask1, dmask2,
-    relh_rows, shr, relw_tile, q_ok, q_tok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
+    relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
     RGW: tl.constexpr, SUB_N: tl.constexpr, DENSE: tl.constexpr, HAS_HEAD_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_D1: tl.constexpr, EVEN_D2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    OFFSET_SELF: tl.constexpr,
 ):
     """Key-row mode (one key-grid row per step) with the softmax offset fixed after step 0.
 
@@ -236,33 +235,19 @@ def _fixed_offset_pass(
 
     Returns (acc1, acc2, l, m, n_bad): sums in the unit 2^m (m = m0 + rel_h of step 0, log2).
     """
+    # ---- step 0: the offset
     j0, sub0 = _step_block(0, offs_mk, idx_row, dense_head, SUB_N, DENSE, HAS_HEAD_MASK)
     row0 = j0 * SUB_N + sub0
-    if OFFSET_SELF:
-        # ---- the offset from the query's own key (self-attention on one grid): its logit plus the row's
-        # largest width term. No product and no wait for the row's key-block ids before the loop starts;
-        # any offset is exact while the sums stay in range (checked below, like step 0's)
-        s_ok = q_ok & (q_tok < nk)
-        ks_rows = k_base + q_tok.to(tl.int64)[:, None] * skn
-        ks1 = tl.load(ks_rows + offs_d1[None, :] * skd, mask=s_ok[:, None] & dmask1[None, :], other=0.0)
-        qk_self = tl.sum(q1.to(tl.float32) * ks1.to(tl.float32), 1)
-        if D2 > 0:
-            ks2 = tl.load(ks_rows + (D1 + offs_d2)[None, :] * skd, mask=s_ok[:, None] & dmask2[None, :], other=0.0)
-            qk_self += tl.sum(q2.to(tl.float32) * ks2.to(tl.float32), 1)
-        m0 = qk_self * qk_scale + tl.max(tl.where((offs_n < RGW)[None, :], relw_tile, float("-inf")), 1)
-        m0 = tl.where(s_ok, m0, 0.0)
-    else:
-        # ---- step 0: the offset
-        k_tok0 = row0 * RGW + offs_n
-        k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
-        k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
-        k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
-        qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
-        if D2 > 0:
-            k02 = tl.load(k_rows0 + (D1 + offs_d2)[None, :] * skd, mask=k_use0[:, None] & dmask2[None, :], other=0.0)
-            qk0 = _dot(q2, tl.trans(k02), qk0, IEEE, UPCAST)
-        m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
-        m0 = tl.where(m0 == float("-inf"), 0.0, m0)
+    k_tok0 = row0 * RGW + offs_n
+    k_use0 = (offs_n < RGW) & (k_tok0 < nk) & (total > 0)
+    k_rows0 = k_base + k_tok0.to(tl.int64)[:, None] * skn
+    k01 = tl.load(k_rows0 + offs_d1[None, :] * skd, mask=k_use0[:, None] & dmask1[None, :], other=0.0)
+    qk0 = _dot(q1, tl.trans(k01), None, IEEE, UPCAST)
+    if D2 > 0:
+        k02 = tl.load(k_rows0 + (D1 + offs_d2)[None, :] * skd, mask=k_use0[:, None] & dmask2[None, :], other=0.0)
+        qk0 = _dot(q2, tl.trans(k02), qk0, IEEE, UPCAST)
+    m0 = tl.max(tl.where(k_use0[None, :], qk0 * qk_scale + relw_tile, float("-inf")), 1)
+    m0 = tl.where(m0 == float("-inf"), 0.0, m0)
     w_off = relw_tile - m0[:, None]
     h0 = tl.load(relh_rows + row0 * shr, mask=q_ok & (total > 0) & (row0 * RGW < nk), other=0.0)
     h0 = h0.to(tl.float32) * 1.4426950408889634
@@ -373,7 +358,6 @@ def _attn_fwd(
     WIN: tl.constexpr = 0,  # > 0: SAM's windows read in place (see "Windows in place" above)
     FIXED_M: tl.constexpr = 0,  # key-row mode (ROWS == 1): softmax offset fixed after step 0 (_fixed_offset_pass)
     REDO: tl.constexpr = 0,  # the running-max launch after a FIXED_M one: only the programs it flagged
-    OFFSET_SELF: tl.constexpr = 0,  # FIXED_M: the offset from each query's own key instead of step 0's products
     CARRY_IDS: tl.constexpr = 0,  # running max, masked, rel-pos look-ahead: a step's key-block id comes from
     # the previous step's look-ahead (one cross-warp id lookup per step instead of two)
 ):
@@ -564,8 +548,8 @@ def _attn_fwd(
         acc1, f_acc2, l_i, m_i, n_bad = _fixed_offset_pass(
             q1, q2, k_base, v_base, skn, skd, svn, svd,
             offs_n, offs_d1, offs_d2, dmask1, dmask2,
-            relh_rows, shr, relw_tile, q_ok, q_tok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
-            RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST, OFFSET_SELF,
+            relh_rows, shr, relw_tile, q_ok, total, offs_mk, idx_row, dense_head, nk, qk_scale,
+            RGW, SUB_N, DENSE, HAS_HEAD_MASK, BLOCK_M, D1, D2, EVEN_K, EVEN_D1, EVEN_D2, IEEE, UPCAST,
         )
         if D2 > 0:
             acc2 = f_acc2

@@ -412,10 +412,6 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
         BLOCK_M=block_m, BLOCK_N=block_n,
         MK=geo.num_k_blocks, MK_PAD=max(16, next_pow2(geo.num_k_blocks)), WIN=win,
         FIXED_M=int(fixed), REDO=int(redo),
-        # the pass's offset from each query's own key (self-attention: one token grid for queries and keys);
-        # SAMSPARSE_TRITON_OFFSET_SELF=0 takes it from step 0's products
-        OFFSET_SELF=int(fixed and geo.nq == geo.nk and not geo.varlen
-                        and os.environ.get("SAMSPARSE_TRITON_OFFSET_SELF", "1").strip() != "0"),
         # masked running-max loops with a look-ahead reuse its key-block id (1-3% faster on the H200,
         # ninth run); SAMSPARSE_TRITON_CARRY_IDS=0 turns it off. Not in the pass: slower there
         CARRY_IDS=int(not fixed and geo.masked and geo.has_rel and rel_dot != 1
