@@ -1111,3 +1111,6 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
     assert long_rows(0, 0.0) == 0  # dense calls decide elsewhere (the pass is their default)
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
     assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1
+    monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "lots")
+    with pytest.raises(ValueError, match="SAMSPARSE_TRITON_PASS_MIN_KEYS must be a number"):
+        long_rows(128, 1024.0)

@@ -31,6 +31,7 @@ from .configs import TileConfig, head_dim_split, next_pow2
 from ..base import (
     LAYOUT_SEQUENCE,
     LAYOUT_TILES,
+    MaskKernelArgs,
     check_varlen_args,
     empty_outputs,
     empty_varlen_outputs,
@@ -253,11 +254,11 @@ class _Geometry:
     def fixed_offset(self) -> bool:
         """Key-row mode with the softmax offset fixed after step 0 (``kernel._fixed_offset_pass``).
 
-        Dense calls, and masked calls with big query blocks that read many key rows (``long_rows``,
-        see ``PASS_MIN_KEYS``): with few key steps per program, or 64-row tiles, the pass's fixed cost
-        (step 0's second product, the redo launch) weighs more than its cheaper softmax saves. bf16
-        and fp32 only: their P operand has fp32's
-        exponent range, which the fixed offset's partial sums need (fp16's does not).
+        Dense calls, and masked calls whose query blocks read many key rows (``long_rows``, see
+        ``PASS_MIN_KEYS``): with few key steps per program, or 64-row tiles at d=64, the pass's fixed
+        cost (step 0's second product, the redo launch) weighs more than its cheaper softmax saves.
+        bf16 and fp32 only: their P operand has fp32's exponent range, which the fixed offset's
+        partial sums need (fp16's does not).
         ``SAMSPARSE_TRITON_FIXED_OFFSET=0`` turns it off, ``=dense`` keeps it to dense calls, ``=all``
         uses it for every masked call too (to measure them).
         """
@@ -512,12 +513,19 @@ PASS_MIN_KEYS = 1024
 PASS_MIN_QUERIES = 128
 
 
-def _long_rows(m, head_dim: int) -> int:
+def _long_rows(m: MaskKernelArgs, head_dim: int) -> int:
     """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0."""
     if m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0:
         return 0
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
-    return int(m.mean_keys >= (float(min_keys) if min_keys else PASS_MIN_KEYS))
+    try:
+        threshold = float(min_keys) if min_keys else PASS_MIN_KEYS
+    except ValueError:
+        raise ValueError(
+            f"SAMSPARSE_TRITON_PASS_MIN_KEYS must be a number of key tokens (e.g. 1024), got {min_keys!r}; "
+            "unset it for the default"
+        ) from None
+    return int(m.mean_keys >= threshold)
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -681,8 +689,8 @@ def _attention_impl(
 
 
 # Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
-# rel_toeplitz = 1: the tables are ``RelPos.toeplitz``; long_rows = 1: the mask's query blocks read
-# PASS_MIN_KEYS key tokens or more on average, in blocks of PASS_MIN_QUERIES or more); the fake gives the outputs' shapes.
+# rel_toeplitz = 1: the tables are ``RelPos.toeplitz``; long_rows = 1: the mask's calls take the fixed-offset
+# pass, see ``_long_rows``); the fake gives the outputs' shapes.
 def _register_attention_op(name: str, impl):
     """``impl`` as the custom op ``samsparse::<name>``, whose fake gives ``empty_outputs(q)``'s shapes."""
     op = torch.library.custom_op(f"samsparse::{name}", impl, mutates_args=())
