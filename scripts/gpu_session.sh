@@ -25,6 +25,8 @@
 #   stepcost_pass_h  stepcost_pass for vit_h (tables only)
 #   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
 #   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
+#   regcap     SAMSPARSE_TRITON_REGCAP=168 (64-row key-row tiles capped at 3 CTAs/SM's registers) against no cap:
+#              vit_h masked running-max calls (bench_step_cost.py, 4 alternating runs), then the GPU grid capped
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -166,6 +168,14 @@ for stage in "${STAGES[@]}"; do
         "sparse:hierarchical:density=0.5,tile=1x64+compile" --json "$OUT/vith8_1x64.json" --md "$OUT/vith8_1x64.md" ;;
     passtests) run passtests 170 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
         -k "natively or matches_reference or every_candidate_config" ;;
+    regcap)
+      for run_c in a: b:168 c: d:168; do
+        c=${run_c#*:}
+        run "regcap_${run_c%:*}${c:-none}" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=dense SAMSPARSE_TRITON_REGCAP=$c \
+            "$PY" scripts/bench_step_cost.py --model vit_h --variants tables --json "$OUT/regcap_${run_c%:*}${c:-none}.json"
+      done
+      run regcap_tests 200 env SAMSPARSE_TRITON_REGCAP=168 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
+          -k "matches_reference or every_candidate_config" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

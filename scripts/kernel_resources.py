@@ -20,6 +20,7 @@ GPU machine's numbers, run with its Triton version first on the path, e.g.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -98,6 +99,8 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     ap.add_argument("--config", type=parse_config, action="append", help="tile config(s) instead of the table's")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--maxnreg", type=int, help="compile every launch with this register cap (Triton's maxnreg): "
+                    "what a cap costs in spills and what it buys in CTAs per SM")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--sass-dir", type=Path, help="write each kernel's SASS here")
     ap.add_argument("--against", metavar="REV",
@@ -122,6 +125,8 @@ def main() -> int:
                 tc = TileConfig(*cfg)
                 name = f"M{tc.block_m}/N{tc.block_n}/w{tc.num_warps}/s{tc.num_stages}"
                 for launch in launches_of(kind, heads, d, args.batch, tc):
+                    if args.maxnreg:
+                        launch = dataclasses.replace(launch, constexprs={**launch.constexprs, "maxnreg": args.maxnreg})
                     which = launch_name(launch)
                     if which == "terms" and kind == "window":
                         continue
@@ -130,10 +135,12 @@ def main() -> int:
                            "spill_store_bytes": rep.spill_store_bytes, "spill_load_bytes": rep.spill_load_bytes,
                            "stack_bytes": rep.stack_bytes, "wgmma_serialized": rep.wgmma_serialized,
                            "instructions": rep.instructions, "loop_instructions": rep.loop_instructions,
+                           "shared_bytes": rep.shared_bytes, "ctas_per_sm": rep.ctas_per_sm, "cta_limit": rep.cta_limit,
                            **{f"loop_{op}": rep.loop_opcodes.get(op, 0) for op in LOOP_OPS}}
                     rows.append(row)
                     print(f"{model} {kind:11s} {name:15s} {which:12s} regs {rep.registers:3d}  spills "
                           f"{rep.spill_store_bytes}/{rep.spill_load_bytes} B (stack {rep.stack_bytes})  "
+                          f"{rep.ctas_per_sm} CTAs/SM ({rep.cta_limit}, {rep.shared_bytes // 1024} KB smem)  "
                           f"wgmma {'SERIALIZED' if rep.wgmma_serialized else 'async':10s}  {rep.instructions} SASS, "
                           f"loop {rep.loop_instructions}: "
                           + " ".join(f"{op} {row[f'loop_{op}']}" for op in LOOP_OPS if row[f"loop_{op}"]),
@@ -181,8 +188,11 @@ def compare_against(args: argparse.Namespace, rows: list[dict]) -> int:
         if o is None:
             print(f"{r['model']} {r['kind']:11s} {r['config']:15s} {r['kernel']:12s} (new in the working tree)")
             continue
-        same = all(o[k] == r[k] for k in ("registers", "spill_store_bytes", "loop_instructions", "instructions"))
+        keys = ("registers", "spill_store_bytes", "loop_instructions", "instructions", "ctas_per_sm")
+        same = all(o.get(k) == r[k] for k in keys)
+        ctas = f"{o.get('ctas_per_sm', '?')}->{r['ctas_per_sm']}"
         print(f"{r['model']} {r['kind']:11s} {r['config']:15s} {r['kernel']:12s} regs {o['registers']}->{r['registers']}  "
+              f"CTAs/SM {ctas}{'  <- OCCUPANCY' if o.get('ctas_per_sm', r['ctas_per_sm']) != r['ctas_per_sm'] else ''}  "
               f"spills {o['spill_store_bytes']}->{r['spill_store_bytes']} B  loop {o['loop_instructions']}->"
               f"{r['loop_instructions']}  total {o['instructions']}->{r['instructions']}{'  (same)' if same else ''}")
     return 0

@@ -949,6 +949,48 @@ def test_offline_compile_reports_what_ptxas_made_of_each_launch():
     assert all(r[5] > 0 for r in out["rows"][1:]), "the attention kernels (BLOCK_M 64) have no wgmma in their sm_90 SASS"
 
 
+def test_ctas_per_sm_counts_hopper_occupancy_limits():
+    """``offline.ctas_per_sm``: registers go per warp in units of 256 (8 per thread), so 4-warp CTAs fit
+    3 per SM up to 168 registers and 2 from 169; shared memory and warps limit too."""
+    from samsparse.backends.triton.offline import ctas_per_sm
+
+    assert ctas_per_sm(168, 4, 70 * 1024) == (3, "registers")
+    assert ctas_per_sm(169, 4, 70 * 1024) == (2, "registers")
+    assert ctas_per_sm(255, 4, 80 * 1024) == (2, "registers")
+    assert ctas_per_sm(76, 4, 16 * 1024) == (6, "registers")  # the rel-pos terms kernel (37.5% occupancy)
+    assert ctas_per_sm(64, 4, 100 * 1024) == (2, "shared memory")
+    assert ctas_per_sm(16, 32, 0) == (2, "warps")
+    assert ctas_per_sm(16, 1, 0) == (32, "CTA slots")
+
+
+_CAPPED_PROBE = r"""
+import json, os, torch
+os.environ["SAMSPARSE_TRITON_REGCAP"] = "96"
+from samsparse.backends.triton import offline, ops
+from samsparse.backends.triton.configs import TileConfig
+from samsparse.relpos import RelPos
+
+qkv = torch.empty(1, 1024, 3, 2, 80, dtype=torch.bfloat16)
+q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+rp = RelPos.from_tables(torch.zeros(63, 80, dtype=torch.bfloat16), torch.zeros(63, 80, dtype=torch.bfloat16), (32, 32))
+launches = offline.record_launches(lambda: ops.attention(q, k, v, None, rp, None, TileConfig(64, 32, 4, 2)))
+rows = []
+for launch in launches:
+    rep = offline.compile_launch(launch, 90)
+    rows.append([launch.kernel, launch.constexprs.get("maxnreg", 0), rep.registers, rep.ctas_per_sm, rep.cta_limit])
+print(json.dumps(rows))
+"""
+
+
+def test_offline_compile_applies_the_register_cap():
+    """SAMSPARSE_TRITON_REGCAP reaches the compiler: capped at 96, the key-row attention kernels of a
+    64-row, 4-warp plan compile to at most 96 registers (sm_90, offline), and the report counts CTAs per SM."""
+    rows = _run_offline_probe(_CAPPED_PROBE)
+    attn = [r for r in rows if r[0] == "_attn_fwd"]
+    assert attn and all(cap == 96 and regs <= 96 for _, cap, regs, _, _ in attn), rows
+    assert all(ctas >= 1 and limit for *_, ctas, limit in rows), rows
+
+
 _ONE_STEP_PROBE = r"""
 import json, torch
 from samsparse.backends.triton import offline, ops
@@ -1114,3 +1156,35 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "lots")
     with pytest.raises(ValueError, match="SAMSPARSE_TRITON_PASS_MIN_KEYS must be a number"):
         long_rows(128, 1024.0)
+
+
+def test_register_cap_is_opt_in_and_only_for_64_row_key_row_tiles_of_4_warps(monkeypatch):
+    """SAMSPARSE_TRITON_REGCAP=N adds ``maxnreg=N`` to the plans of key-row calls on 64-row tiles with 4
+    warps (vit_h's running max there compiles to 177-182 registers offline: 2 CTAs per SM, 3 at 168) and
+    to no other plan; unset, no plan has a cap; a bad value says what it wants."""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    def plan(block: int, cfg: TileConfig, masked: bool = True, grid=(64, 64), d: int = 80):
+        n = grid[0] * grid[1]
+        geo = ops._Geometry(
+            batch=8, heads=16, kv_heads=16, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=masked,
+            layout=0, block_q=block if masked else 0, block_k=block if masked else 0,
+            num_q_blocks=n // block if masked else 0, num_k_blocks=n // block if masked else 0,
+            tile_grid=(1, 1), tile=(1, 1), has_rel=True, rel_k_grid=grid,
+        )
+        return ops._make_plan(geo, cfg, True).constexprs
+
+    m64 = TileConfig(64, 64, 4, 3)
+    monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)
+    assert "maxnreg" not in plan(64, m64)
+    monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "168")
+    assert plan(64, m64)["maxnreg"] == 168  # vit_h's 1x64-tile masks
+    assert plan(128, m64)["maxnreg"] == 168  # 128-token blocks on 64-row tiles
+    assert plan(0, m64, masked=False)["maxnreg"] == 168  # dense on 64-row tiles
+    assert "maxnreg" not in plan(128, TileConfig(128, 64, 4, 3))  # 128-row tiles: the cap would spill
+    assert "maxnreg" not in plan(64, TileConfig(64, 64, 8, 3))
+    assert "maxnreg" not in plan(0, m64, masked=False, grid=(14, 14))  # windows (one-hot bias mode)
+    monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "many")
+    with pytest.raises(ValueError, match="SAMSPARSE_TRITON_REGCAP must be a register count"):
+        plan(64, m64)

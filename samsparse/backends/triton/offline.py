@@ -53,6 +53,32 @@ class KernelReport:
     opcodes: dict = field(repr=False)  # SASS opcode (without modifiers) -> count, whole kernel
     loop_opcodes: dict = field(repr=False)  # the same for the longest loop
     sass: str = field(repr=False, default="")
+    shared_bytes: int = 0  # shared memory per CTA (Triton's metadata)
+    num_warps: int = 4
+    ctas_per_sm: int = 0  # resident CTAs per SM that registers, shared memory and warps allow (Hopper limits)
+    cta_limit: str = ""  # what sets ctas_per_sm: "registers", "shared memory" or "warps"
+
+
+# Hopper (sm_90) per-SM limits; registers are allocated per warp in units of 256 (8 per thread)
+SM90_REGISTERS = 65536
+SM90_SHARED_BYTES = 233472  # 228 KB, of which each CTA's block also reserves 1 KB
+SM90_CTA_RESERVED_SHARED = 1024
+SM90_WARPS = 64
+SM90_CTAS = 32
+
+
+def ctas_per_sm(registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
+    """Resident CTAs per Hopper SM for a kernel of ``registers`` per thread, ``num_warps`` warps and
+    ``shared_bytes`` of shared memory per CTA, and which limit sets it. One register more can cost a CTA:
+    4-warp CTAs fit 3 per SM up to 168 registers and 2 from 169 (the occupancy cliff behind the twelfth
+    session's slower self-offset variant of the pass)."""
+    per_warp = -(-max(registers, 1) // 8) * 8 * 32
+    by_regs = (SM90_REGISTERS // per_warp) // num_warps
+    by_shared = SM90_SHARED_BYTES // (shared_bytes + SM90_CTA_RESERVED_SHARED)
+    by_warps = SM90_WARPS // num_warps
+    limits = {"registers": by_regs, "shared memory": by_shared, "warps": by_warps, "CTA slots": SM90_CTAS}
+    which = min(limits, key=limits.get)
+    return limits[which], which
 
 
 class _Recorder:
@@ -186,7 +212,11 @@ def compile_launch(launch: Launch, arch: int = 90) -> KernelReport:
     compiled = _compile(launch, arch)
     info = _ptxas_report(compiled.asm["ptx"], arch)
     sass, opcodes, loop_opcodes = _sass(compiled.asm["cubin"])
+    shared = int(getattr(compiled.metadata, "shared", 0) or 0)
+    warps = int(launch.constexprs.get("num_warps", getattr(compiled.metadata, "num_warps", 4)))
+    ctas, limit = ctas_per_sm(info["registers"], warps, shared)
     return KernelReport(
         kernel=launch.kernel, arch=arch, instructions=sum(opcodes.values()), opcodes=opcodes,
-        loop_instructions=sum(loop_opcodes.values()), loop_opcodes=loop_opcodes, sass=sass, **info,
+        loop_instructions=sum(loop_opcodes.values()), loop_opcodes=loop_opcodes, sass=sass,
+        shared_bytes=shared, num_warps=warps, ctas_per_sm=ctas, cta_limit=limit, **info,
     )

@@ -324,6 +324,28 @@ _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
 
+def _register_cap(rows: int, block_m: int, num_warps: int) -> int:
+    """``maxnreg`` for a plan, or 0: opt-in, ``SAMSPARSE_TRITON_REGCAP=N`` (an experiment, off by default).
+
+    Key-row kernels on 64-row tiles with 4 warps are capped at N registers per thread. Compiled offline
+    (Triton 3.6, sm_90, ``scripts/kernel_resources.py --maxnreg 168``), vit_h's running-max kernels there
+    use 177-182 registers, which leaves 2 CTAs per SM; capped at 168 they fit 3, with no spills and the
+    same instructions. vit_b's use 148-158 (3 CTAs already). Not yet timed on a GPU
+    (``gpu_session.sh regcap``), hence off.
+    """
+    text = os.environ.get("SAMSPARSE_TRITON_REGCAP", "").strip()
+    if not text or text == "0" or rows == 0 or block_m != 64 or num_warps != 4:
+        return 0
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = -1
+    if not 24 <= cap <= 255:
+        raise ValueError(f"SAMSPARSE_TRITON_REGCAP must be a register count in [24, 255] (e.g. 168), got {text!r}; "
+                         "unset it for no cap")
+    return cap
+
+
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
     kern = _kernels()
     b, h = geo.batch, geo.heads
@@ -419,6 +441,9 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
                       and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "1").strip() != "0"),
         num_warps=num_warps, num_stages=cfg.num_stages,
     )
+    cap = _register_cap(rows, block_m, num_warps)
+    if cap:
+        constexprs["maxnreg"] = cap
     return _Plan(
         grid=(num_q_blocks * split_m, b * h),
         ints=(h, h // geo.kv_heads, nq, nk, bq, bk, nkb, ntw, nww, nwin, igh, igw),
