@@ -26,7 +26,8 @@
 #   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
 #   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
 #   regcap     SAMSPARSE_TRITON_REGCAP=168 (64-row key-row tiles capped at 3 CTAs/SM's registers) against no cap:
-#              vit_h masked running-max calls (bench_step_cost.py, 4 alternating runs), then the GPU grid capped
+#              vit_h masked running-max calls (bench_step_cost.py, 4 alternating runs); the terms kernel capped at
+#              64 / 72 registers against none (bench_terms.py, alternating rounds); then the GPU grid capped
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -174,8 +175,9 @@ for stage in "${STAGES[@]}"; do
         run "regcap_${run_c%:*}${c:-none}" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=dense SAMSPARSE_TRITON_REGCAP=$c \
             "$PY" scripts/bench_step_cost.py --model vit_h --variants tables --json "$OUT/regcap_${run_c%:*}${c:-none}.json"
       done
-      run regcap_tests 200 env SAMSPARSE_TRITON_REGCAP=168 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
-          -k "matches_reference or every_candidate_config" ;;
+      run regcap_terms 200 "$PY" scripts/bench_terms.py --quick --maxnreg 64,72 --rounds 3 --json "$OUT/regcap_terms.json"
+      run regcap_tests 200 env SAMSPARSE_TRITON_REGCAP=168 SAMSPARSE_TRITON_TERMS_REGCAP=64 "$PY" -m pytest -q -m gpu \
+          tests/test_triton_gpu.py -rf -x -k "matches_reference or every_candidate_config" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

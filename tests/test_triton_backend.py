@@ -1188,3 +1188,30 @@ def test_register_cap_is_opt_in_and_only_for_64_row_key_row_tiles_of_4_warps(mon
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "many")
     with pytest.raises(ValueError, match="SAMSPARSE_TRITON_REGCAP must be a register count"):
         plan(64, m64)
+
+
+def test_terms_register_cap_is_opt_in(monkeypatch):
+    """SAMSPARSE_TRITON_TERMS_REGCAP=N gives the rel-pos terms kernel ``maxnreg=N`` (offline: 64 registers
+    at d=64 fit 8 CTAs per SM instead of 6, no spills); unset, none; a (warps, stages, cap) config caps
+    one measurement; a bad value says what it wants. Launches are recorded, not run."""
+    from samsparse.backends.triton import ops
+
+    seen = []
+    monkeypatch.setattr(ops, "_TERMS_LAUNCHER", lambda grid, tensors, floats, ints, cx, key, dev: seen.append(cx))
+    monkeypatch.setattr(ops, "_TERMS_CONSTEXPRS", {})
+    q = torch.zeros(1, 2, 64, 32, dtype=torch.bfloat16)
+    rh = rw = torch.zeros(8, 8, 32, dtype=torch.bfloat16)
+
+    def cap_of(config=None):
+        ops._TERMS_CONSTEXPRS.clear()
+        ops.relpos_terms(q, rh, rw, (8, 8), (8, 8), config=config)
+        return seen[-1].get("maxnreg")
+
+    monkeypatch.delenv("SAMSPARSE_TRITON_TERMS_REGCAP", raising=False)
+    assert cap_of() is None
+    assert cap_of((4, 1, 72)) == 72 and cap_of((4, 1)) is None
+    monkeypatch.setenv("SAMSPARSE_TRITON_TERMS_REGCAP", "64")
+    assert cap_of() == 64
+    monkeypatch.setenv("SAMSPARSE_TRITON_TERMS_REGCAP", "lots")
+    with pytest.raises(ValueError, match="SAMSPARSE_TRITON_TERMS_REGCAP must be a register count"):
+        cap_of()

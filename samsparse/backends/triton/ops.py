@@ -175,7 +175,7 @@ def relpos_terms(
     Returns rel_h [B, H, Nq, gh_k] (stored query-major: each key row's column is
     contiguous, which the key-row loop reads) and rel_w [B, H, Nq, gw_k], in q's
     dtype (the tables are cast to q's dtype, as SAM's einsum does), accumulated in fp32.
-    ``config``: (warps, stages) instead of :data:`TERMS_CONFIG` (for measuring).
+    ``config``: (warps, stages) or (warps, stages, maxnreg) instead of :data:`TERMS_CONFIG` (for measuring).
     """
     b, h, nq, d = q.shape
     ghq, gwq = q_grid
@@ -186,7 +186,7 @@ def relpos_terms(
     constexprs = _TERMS_CONSTEXPRS.get(key)
     if constexprs is None:
         d1, d2 = head_dim_split(d)
-        warps, stages = config or TERMS_CONFIG
+        warps, stages, *cap = config or (*TERMS_CONFIG, _terms_register_cap())
         constexprs = _TERMS_CONSTEXPRS[key] = dict(
             GHQ=ghq, GWQ=gwq, GHK=ghk, GWK=gwk,
             HEAD_DIM=d, D1=d1, D2=d2,
@@ -194,6 +194,8 @@ def relpos_terms(
             IEEE=q.dtype == torch.float32, UPCAST=_kernels().INTERPRET and q.dtype == torch.bfloat16,
             num_warps=warps, num_stages=stages,
         )
+        if cap and cap[0]:
+            constexprs["maxnreg"] = int(cap[0])
     ints = (*q.stride(), *rh.stride(), *rw.stride(), *rel_h.stride(), *rel_w.stride(), h)
     with _device_ctx(q):
         _TERMS_LAUNCHER((ghq + gwq, b * h), (q, rh, rw, rel_h, rel_w), (), ints, constexprs, key, q.device)
@@ -203,6 +205,27 @@ def relpos_terms(
 # (warps, stages) of the terms kernel: the best of warps 2/4/8 x stages 1/2/3 within 1% on the H200; one
 # program per query grid row / column (2-8 rows per program, looped, were 0.87-0.96x: tenth run)
 TERMS_CONFIG = (4, 1)
+
+
+def _terms_register_cap() -> int:
+    """``maxnreg`` of the terms kernel: opt-in, ``SAMSPARSE_TRITON_TERMS_REGCAP=N`` (an experiment, off by default).
+
+    The kernel is latency-bound at 37.5% occupancy (ncu, eleventh run): 76 registers (d=64) leave 6
+    CTAs per SM, 83 (d=80) 5. Compiled offline (Triton 3.6, sm_90), a cap of 64 gives 8 CTAs at d=64 with
+    no spills and the same SASS; 72 gives 7 at d=80 with no spills. Not yet timed on a GPU
+    (``gpu_session.sh regcap``, ``bench_terms.py --maxnreg``), hence off.
+    """
+    text = os.environ.get("SAMSPARSE_TRITON_TERMS_REGCAP", "").strip()
+    if not text or text == "0":
+        return 0
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = -1
+    if not 24 <= cap <= 255:
+        raise ValueError(f"SAMSPARSE_TRITON_TERMS_REGCAP must be a register count in [24, 255] (e.g. 64), got "
+                         f"{text!r}; unset it for no cap")
+    return cap
 
 
 # ---------------------------------------------------------------------------- plan
