@@ -27,7 +27,9 @@
 #   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
 #   regcap     SAMSPARSE_TRITON_REGCAP=168 (64-row key-row tiles capped at 3 CTAs/SM's registers) against no cap:
 #              vit_h masked running-max calls (bench_step_cost.py, 4 alternating runs); the terms kernel capped at
-#              64 / 72 registers against none (bench_terms.py, alternating rounds); then the GPU grid capped
+#              64 / 72 registers against none (bench_terms.py, alternating rounds); the window configs with
+#              SAMSPARSE_TRITON_WINDOW_REGCAP=128 against none (sweep_window_configs.py, 3 alternating runs)
+#   regcap_tests  the GPU case grid, every candidate config and the window tests with all three caps on
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -176,8 +178,14 @@ for stage in "${STAGES[@]}"; do
             "$PY" scripts/bench_step_cost.py --model vit_h --variants tables --json "$OUT/regcap_${run_c%:*}${c:-none}.json"
       done
       run regcap_terms 200 "$PY" scripts/bench_terms.py --quick --maxnreg 64,72 --rounds 3 --json "$OUT/regcap_terms.json"
-      run regcap_tests 200 env SAMSPARSE_TRITON_REGCAP=168 SAMSPARSE_TRITON_TERMS_REGCAP=64 "$PY" -m pytest -q -m gpu \
-          tests/test_triton_gpu.py -rf -x -k "matches_reference or every_candidate_config" ;;
+      for run_c in a: b:128 c:; do
+        c=${run_c#*:}
+        run "regcap_win_${run_c%:*}${c:-none}" 150 env SAMSPARSE_TRITON_WINDOW_REGCAP=$c "$PY" \
+            scripts/sweep_window_configs.py --json "$OUT/regcap_win_${run_c%:*}${c:-none}.json"
+      done ;;
+    regcap_tests) run regcap_tests 300 env SAMSPARSE_TRITON_REGCAP=168 SAMSPARSE_TRITON_TERMS_REGCAP=64 \
+        SAMSPARSE_TRITON_WINDOW_REGCAP=128 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
+        -k "matches_reference or every_candidate_config or window" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -1158,10 +1158,11 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
         long_rows(128, 1024.0)
 
 
-def test_register_cap_is_opt_in_and_only_for_64_row_key_row_tiles_of_4_warps(monkeypatch):
+def test_register_caps_are_opt_in_and_only_for_their_kernels(monkeypatch):
     """SAMSPARSE_TRITON_REGCAP=N adds ``maxnreg=N`` to the plans of key-row calls on 64-row tiles with 4
     warps (vit_h's running max there compiles to 177-182 registers offline: 2 CTAs per SM, 3 at 168) and
-    to no other plan; unset, no plan has a cap; a bad value says what it wants."""
+    to no other plan; SAMSPARSE_TRITON_WINDOW_REGCAP=N to the windows' one-hot plans; unset, no plan has
+    a cap; a bad value says what it wants."""
     from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
@@ -1177,6 +1178,7 @@ def test_register_cap_is_opt_in_and_only_for_64_row_key_row_tiles_of_4_warps(mon
 
     m64 = TileConfig(64, 64, 4, 3)
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)
+    monkeypatch.delenv("SAMSPARSE_TRITON_WINDOW_REGCAP", raising=False)
     assert "maxnreg" not in plan(64, m64)
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "168")
     assert plan(64, m64)["maxnreg"] == 168  # vit_h's 1x64-tile masks
@@ -1184,7 +1186,13 @@ def test_register_cap_is_opt_in_and_only_for_64_row_key_row_tiles_of_4_warps(mon
     assert plan(0, m64, masked=False)["maxnreg"] == 168  # dense on 64-row tiles
     assert "maxnreg" not in plan(128, TileConfig(128, 64, 4, 3))  # 128-row tiles: the cap would spill
     assert "maxnreg" not in plan(64, TileConfig(64, 64, 8, 3))
-    assert "maxnreg" not in plan(0, m64, masked=False, grid=(14, 14))  # windows (one-hot bias mode)
+    assert "maxnreg" not in plan(0, m64, masked=False, grid=(14, 14))  # windows (one-hot bias mode): their own
+    monkeypatch.setenv("SAMSPARSE_TRITON_WINDOW_REGCAP", "128")
+    assert plan(0, m64, masked=False, grid=(14, 14))["maxnreg"] == 128
+    assert plan(0, TileConfig(128, 32, 8, 3), masked=False, grid=(14, 14))["maxnreg"] == 128
+    assert plan(64, m64)["maxnreg"] == 168  # the global kernels keep SAMSPARSE_TRITON_REGCAP's
+    monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP")
+    assert "maxnreg" not in plan(64, m64)
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "many")
     with pytest.raises(ValueError, match="SAMSPARSE_TRITON_REGCAP must be a register count"):
         plan(64, m64)

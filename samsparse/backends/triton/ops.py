@@ -215,17 +215,7 @@ def _terms_register_cap() -> int:
     no spills and the same SASS; 72 gives 7 at d=80 with no spills. Not yet timed on a GPU
     (``gpu_session.sh regcap``, ``bench_terms.py --maxnreg``), hence off.
     """
-    text = os.environ.get("SAMSPARSE_TRITON_TERMS_REGCAP", "").strip()
-    if not text or text == "0":
-        return 0
-    try:
-        cap = int(text)
-    except ValueError:
-        cap = -1
-    if not 24 <= cap <= 255:
-        raise ValueError(f"SAMSPARSE_TRITON_TERMS_REGCAP must be a register count in [24, 255] (e.g. 64), got "
-                         f"{text!r}; unset it for no cap")
-    return cap
+    return _env_register_cap("SAMSPARSE_TRITON_TERMS_REGCAP", 64)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -347,26 +337,36 @@ _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
 
-def _register_cap(rows: int, block_m: int, num_warps: int) -> int:
-    """``maxnreg`` for a plan, or 0: opt-in, ``SAMSPARSE_TRITON_REGCAP=N`` (an experiment, off by default).
-
-    Key-row kernels on 64-row tiles with 4 warps are capped at N registers per thread. Compiled offline
-    (Triton 3.6, sm_90, ``scripts/kernel_resources.py --maxnreg 168``), vit_h's running-max kernels there
-    use 177-182 registers, which leaves 2 CTAs per SM; capped at 168 they fit 3, with no spills and the
-    same instructions. vit_b's use 148-158 (3 CTAs already). Not yet timed on a GPU
-    (``gpu_session.sh regcap``), hence off.
-    """
-    text = os.environ.get("SAMSPARSE_TRITON_REGCAP", "").strip()
-    if not text or text == "0" or rows == 0 or block_m != 64 or num_warps != 4:
+def _env_register_cap(name: str, example: int) -> int:
+    """A register count from the environment variable ``name`` (0 when unset or "0")."""
+    text = os.environ.get(name, "").strip()
+    if not text or text == "0":
         return 0
     try:
         cap = int(text)
     except ValueError:
         cap = -1
     if not 24 <= cap <= 255:
-        raise ValueError(f"SAMSPARSE_TRITON_REGCAP must be a register count in [24, 255] (e.g. 168), got {text!r}; "
+        raise ValueError(f"{name} must be a register count in [24, 255] (e.g. {example}), got {text!r}; "
                          "unset it for no cap")
     return cap
+
+
+def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int) -> int:
+    """``maxnreg`` for a plan, or 0. Two opt-in experiments, off by default, not yet timed on a GPU
+    (``gpu_session.sh regcap``); compiled offline (Triton 3.6, sm_90, ``scripts/kernel_resources.py
+    --maxnreg N``), each cap takes its kernels over an occupancy step with no spills and the same code:
+
+    - ``SAMSPARSE_TRITON_REGCAP=N``: key-row kernels on 64-row tiles with 4 warps. vit_h's running-max
+      kernels there use 177-182 registers (2 CTAs per SM); at 168, 3 CTAs. vit_b's use 148-158.
+    - ``SAMSPARSE_TRITON_WINDOW_REGCAP=N``: the windows' one-hot kernels. At 128: M64/N32/w4/s3 139-141
+      -> 128 registers (3 -> 4 CTAs per SM), vit_h's M128/N32/w8/s3 141 -> 127 (1 -> 2 CTAs).
+    """
+    if rel_dot == 1:
+        return _env_register_cap("SAMSPARSE_TRITON_WINDOW_REGCAP", 128)
+    if rows == 0 or block_m != 64 or num_warps != 4:
+        return 0
+    return _env_register_cap("SAMSPARSE_TRITON_REGCAP", 168)
 
 
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
@@ -464,7 +464,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
                       and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "1").strip() != "0"),
         num_warps=num_warps, num_stages=cfg.num_stages,
     )
-    cap = _register_cap(rows, block_m, num_warps)
+    cap = _register_cap(rows, rel_dot, block_m, num_warps)
     if cap:
         constexprs["maxnreg"] = cap
     return _Plan(
