@@ -30,6 +30,7 @@
 #              64 / 72 registers against none (bench_terms.py, alternating rounds); the window configs with
 #              SAMSPARSE_TRITON_WINDOW_REGCAP=128 against none (sweep_window_configs.py, 3 alternating runs)
 #   regcap_tests  the GPU case grid, every candidate config and the window tests with all three caps on
+#   maxnreg    sweep_maxnreg.py: global kernels at forced configs under register caps, vit_b and vit_h
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
 #   recheck    the Triton GPU tests of what the tenth session changed without a GPU run (key-step count
@@ -186,6 +187,9 @@ for stage in "${STAGES[@]}"; do
     regcap_tests) run regcap_tests 300 env SAMSPARSE_TRITON_REGCAP=168 SAMSPARSE_TRITON_TERMS_REGCAP=64 \
         SAMSPARSE_TRITON_WINDOW_REGCAP=128 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
         -k "matches_reference or every_candidate_config or window" ;;
+    maxnreg)
+      run maxnreg_b 240 "$PY" scripts/sweep_maxnreg.py --model vit_b --caps none,168,136,128 --json "$OUT/maxnreg_vit_b.json"
+      run maxnreg_h 240 "$PY" scripts/sweep_maxnreg.py --model vit_h --caps none,168,136 --json "$OUT/maxnreg_vit_h.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
