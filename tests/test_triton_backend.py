@@ -915,19 +915,21 @@ rows = []
 for launch in launches:
     rep = offline.compile_launch(launch, 90)
     rows.append([launch.kernel, launch.constexprs.get("FIXED_M", 0), launch.constexprs.get("REDO", 0), rep.registers,
-                 rep.instructions, rep.opcodes.get("HGMMA", 0), rep.spill_store_bytes])
+                 rep.instructions, rep.opcodes.get("HGMMA", 0), rep.spill_store_bytes,
+                 launch.constexprs.get("maxnreg", 0), rep.ctas_per_sm, rep.cta_limit])
 print(json.dumps({"rows": rows, "launcher_restored": ops._ATTN_LAUNCHER is attn_launcher}))
 """
 
 
-def _run_offline_probe(probe: str):
-    """Run ``probe`` in a fresh process with the kernels compiled, not interpreted; its last stdout line, as JSON.
-    Skips without triton or without Triton's NVIDIA tools."""
+def _run_offline_probe(probe: str, **extra_env: str):
+    """Run ``probe`` in a fresh process with the kernels compiled, not interpreted (environment plus
+    ``extra_env``); its last stdout line, as JSON. Skips without triton or without Triton's NVIDIA tools."""
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.endswith("_REGCAP")}
+    env.update(extra_env)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=600)
     if res.returncode != 0 and "NVIDIA backend is needed" in res.stderr:
@@ -943,9 +945,9 @@ def test_offline_compile_reports_what_ptxas_made_of_each_launch():
     assert out["launcher_restored"]
     kernels = [(r[0], r[1], r[2]) for r in out["rows"]]
     assert kernels == [("_relpos_terms", 0, 0), ("_attn_fwd", 1, 0), ("_attn_fwd", 0, 1)], kernels
-    for name, _, _, regs, n_sass, n_hgmma, spills in out["rows"]:
+    for name, _, _, regs, n_sass, n_hgmma, spills, cap, ctas, limit in out["rows"]:
         assert 16 <= regs <= 255 and n_sass > 100, (name, regs, n_sass)
-        assert spills >= 0
+        assert spills >= 0 and cap == 0 and ctas >= 1 and limit
     assert all(r[5] > 0 for r in out["rows"][1:]), "the attention kernels (BLOCK_M 64) have no wgmma in their sm_90 SASS"
 
 
@@ -963,32 +965,13 @@ def test_ctas_per_sm_counts_hopper_occupancy_limits():
     assert ctas_per_sm(16, 1, 0) == (32, "CTA slots")
 
 
-_CAPPED_PROBE = r"""
-import json, os, torch
-os.environ["SAMSPARSE_TRITON_REGCAP"] = "96"
-from samsparse.backends.triton import offline, ops
-from samsparse.backends.triton.configs import TileConfig
-from samsparse.relpos import RelPos
-
-qkv = torch.empty(1, 1024, 3, 2, 80, dtype=torch.bfloat16)
-q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-rp = RelPos.from_tables(torch.zeros(63, 80, dtype=torch.bfloat16), torch.zeros(63, 80, dtype=torch.bfloat16), (32, 32))
-launches = offline.record_launches(lambda: ops.attention(q, k, v, None, rp, None, TileConfig(64, 32, 4, 2)))
-rows = []
-for launch in launches:
-    rep = offline.compile_launch(launch, 90)
-    rows.append([launch.kernel, launch.constexprs.get("maxnreg", 0), rep.registers, rep.ctas_per_sm, rep.cta_limit])
-print(json.dumps(rows))
-"""
-
-
 def test_offline_compile_applies_the_register_cap():
     """SAMSPARSE_TRITON_REGCAP reaches the compiler: capped at 96, the key-row attention kernels of a
     64-row, 4-warp plan compile to at most 96 registers (sm_90, offline), and the report counts CTAs per SM."""
-    rows = _run_offline_probe(_CAPPED_PROBE)
+    rows = _run_offline_probe(_OFFLINE_PROBE, SAMSPARSE_TRITON_REGCAP="96")["rows"]
     attn = [r for r in rows if r[0] == "_attn_fwd"]
-    assert attn and all(cap == 96 and regs <= 96 for _, cap, regs, _, _ in attn), rows
-    assert all(ctas >= 1 and limit for *_, ctas, limit in rows), rows
+    assert attn and all(r[7] == 96 and r[3] <= 96 for r in attn), rows
+    assert [r[7] for r in rows if r[0] != "_attn_fwd"] == [0], "the terms kernel has its own cap"
 
 
 _ONE_STEP_PROBE = r"""
