@@ -1126,14 +1126,18 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
 
     monkeypatch.delenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", raising=False)
 
+    index = torch.zeros(1, 1, 1, dtype=torch.int32)  # (a mask's index form; only its presence matters here)
+
     def long_rows(block_q: int, keys: float, d: int = 64) -> int:
-        return ops._long_rows(MaskKernelArgs(block_q=block_q, block_k=block_q, mean_keys=keys), d)
+        return ops._long_rows(MaskKernelArgs(index, index[..., None], block_q=block_q, block_k=block_q,
+                                             mean_keys=keys), d)
 
     assert long_rows(128, 1024.0) == 1 and long_rows(256, 4096.0) == 1
     assert long_rows(128, 1000.0) == 0
     assert long_rows(64, 4096.0) == 0  # vit_b's 1x64-tile recipes keep the running max at any density
     assert long_rows(64, 1068.5, d=80) == 1 and long_rows(64, 380.0, d=80) == 0  # vit_h's 25% / 10% recipes
-    assert long_rows(0, 0.0) == 0  # dense calls decide elsewhere (the pass is their default)
+    assert long_rows(128, 0.0) == 0  # a mask whose average is not known (built per call on the GPU)
+    assert ops._long_rows(MaskKernelArgs(), 80) == 0  # dense calls decide elsewhere (the pass is their default)
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
     assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "lots")
