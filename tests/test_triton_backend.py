@@ -1066,23 +1066,32 @@ def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization
     assert len(compiles) == 4 and len(runs) == 3 and runs[-1][5][0].data_ptr() == a[1:].data_ptr()
 
 
+def _plan_constexprs(cfg, grid=(64, 64), d: int = 64, block: int = 0, rel: bool = True, rel_tables: bool = False,
+                     batch: int = 8, heads: int = 12) -> dict:
+    """``ops._make_plan``'s constexprs for bf16 self-attention over a ``grid`` of tokens: dense (``block`` 0)
+    or a sequence-layout mask of ``block``-token blocks, with SAM's rel-pos over the grid when ``rel``."""
+    from samsparse.backends.triton import ops
+
+    n = grid[0] * grid[1]
+    nb = n // block if block else 0
+    geo = ops._Geometry(
+        batch=batch, heads=heads, kv_heads=heads, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=block > 0,
+        layout=0, block_q=block, block_k=block, num_q_blocks=nb, num_k_blocks=nb, tile_grid=(1, 1), tile=(1, 1),
+        has_rel=rel, rel_k_grid=grid if rel else (1, 1), rel_tables=rel_tables,
+    )
+    return ops._make_plan(geo, cfg, True).constexprs
+
+
 def test_plan_cuts_warps_of_cut_tiles_and_keeps_one_key_step():
     """A one-hot call over at most 64 keys runs its one key step: the plan used to split it in two,
     against wrong results on an H200 that came from a kernel compiled without its key loop (``NKB == 1``
     specialized); the kernel now declares ``do_not_specialize=["NKB"]`` (offline test above) and the GPU
     tests of those cases passed without the split. A tile cut to fewer query rows keeps at most 16 rows
     per warp (8 warps on 64 rows were 2.4x slower per key row on masks of 64-token blocks)."""
-    from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
     def plan(grid, cfg: TileConfig, d: int = 80, rel: bool = True):
-        n = grid[0] * grid[1]
-        geo = ops._Geometry(
-            batch=1, heads=2, kv_heads=2, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=False,
-            layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
-            has_rel=rel, rel_k_grid=grid if rel else (1, 1), rel_tables=rel,
-        )
-        c = ops._make_plan(geo, cfg, True).constexprs
+        c = _plan_constexprs(cfg, grid, d, rel=rel, rel_tables=rel, batch=1, heads=2)
         assert c["REL_DOT"] == (1 if rel else 0)
         return c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]
 
@@ -1099,16 +1108,10 @@ def test_plan_cuts_warps_of_cut_tiles_and_keeps_one_key_step():
 def test_plan_cuts_warps_for_masks_of_64_token_query_blocks():
     """SAM's 1x64-tile recipes have 64-token query blocks: a 128-row config runs them on 64-row tiles
     with at most 4 warps (8 warps there were 2.4x slower per key row on an H200)."""
-    from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
     def plan(block: int, cfg: TileConfig):
-        geo = ops._Geometry(
-            batch=8, heads=12, kv_heads=12, nq=4096, nk=4096, head_dim=64, dtype=torch.bfloat16, masked=True,
-            layout=0, block_q=block, block_k=block, num_q_blocks=4096 // block, num_k_blocks=4096 // block,
-            tile_grid=(1, 1), tile=(1, 1), has_rel=True, rel_k_grid=(64, 64),
-        )
-        c = ops._make_plan(geo, cfg, True).constexprs
+        c = _plan_constexprs(cfg, block=block)
         return c["BLOCK_M"], c["num_warps"], c["ROWS"]
 
     assert plan(64, TileConfig(128, 64, 8, 3)) == (64, 4, 1)
@@ -1150,18 +1153,10 @@ def test_register_caps_are_opt_in_and_only_for_their_kernels(monkeypatch):
     warps (vit_h's running max there compiles to 177-182 registers offline: 2 CTAs per SM, 3 at 168) and
     to no other plan; SAMSPARSE_TRITON_WINDOW_REGCAP=N to the windows' one-hot plans; unset, no plan has
     a cap; a bad value says what it wants."""
-    from samsparse.backends.triton import ops
     from samsparse.backends.triton.configs import TileConfig
 
     def plan(block: int, cfg: TileConfig, masked: bool = True, grid=(64, 64), d: int = 80):
-        n = grid[0] * grid[1]
-        geo = ops._Geometry(
-            batch=8, heads=16, kv_heads=16, nq=n, nk=n, head_dim=d, dtype=torch.bfloat16, masked=masked,
-            layout=0, block_q=block if masked else 0, block_k=block if masked else 0,
-            num_q_blocks=n // block if masked else 0, num_k_blocks=n // block if masked else 0,
-            tile_grid=(1, 1), tile=(1, 1), has_rel=True, rel_k_grid=grid,
-        )
-        return ops._make_plan(geo, cfg, True).constexprs
+        return _plan_constexprs(cfg, grid, d, block=block if masked else 0, heads=16)
 
     m64 = TileConfig(64, 64, 4, 3)
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)

@@ -563,7 +563,9 @@ PASS_MIN_QUERIES = 128
 
 def _long_rows(m: MaskKernelArgs, head_dim: int) -> int:
     """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0 (and for dense calls)."""
-    if m.kv_num_blocks is None or m.mean_keys < 1 or (m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0):
+    if m.kv_num_blocks is None or m.mean_keys < 1:
+        return 0  # dense, or a mask whose average is not known without a host sync
+    if m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0:
         return 0
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
     try:
