@@ -25,11 +25,17 @@
 #   stepcost_pass_h  stepcost_pass for vit_h (tables only)
 #   vith8_1x64  vit_h B=8 encoder: dense and the 1x64-tile recipes (25%, 50%) compiled
 #   passtests  the GPU tests that run the fixed-offset pass: native checks, the case grid, every candidate config
-#   regcap     SAMSPARSE_TRITON_REGCAP=168 (64-row key-row tiles capped at 3 CTAs/SM's registers) against no cap:
+#   regcap     SAMSPARSE_TRITON_REGCAP=168 (64-row key-row tiles capped at 3 CTAs/SM's registers, now the
+#              default) against =0:
 #              vit_h masked running-max calls (bench_step_cost.py, 4 alternating runs); the terms kernel capped at
 #              64 / 72 registers against none (bench_terms.py, alternating rounds); the window configs with
 #              SAMSPARSE_TRITON_WINDOW_REGCAP=128 against none (sweep_window_configs.py, 3 alternating runs)
-#   regcap_tests  the GPU case grid, every candidate config and the window tests with all three caps on
+#   regcap_tests  the GPU case grid and the window tests with the terms and window caps on (a window kernel
+#              ptxas cannot compile under 128 registers, d=256, falls back to no cap)
+#   capab      vit_h masked calls (bench_step_cost.py, tables): the running max (capped at 168 registers, the
+#              default) against the fixed-offset pass, 2 alternating runs each
+#   vith8_nocap  vith8_1x64 with SAMSPARSE_TRITON_REGCAP=0 (the twelfth session's kernels and pass rule)
+#   attnseq_nocap  attnseq with SAMSPARSE_TRITON_REGCAP=0
 #   maxnreg    sweep_maxnreg.py: global kernels at forced configs under register caps, vit_b and vit_h
 #   ncusparse  Nsight Compute of the dense and two sparse global kernels, with per-instruction source counters
 #   scaling    bench_batch_scaling.py: B=1 against B=8 per FLOP through a patched block, interleaved rounds
@@ -175,7 +181,7 @@ for stage in "${STAGES[@]}"; do
     regcap)
       for run_c in a: b:168 c: d:168; do
         c=${run_c#*:}
-        run "regcap_${run_c%:*}${c:-none}" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=dense SAMSPARSE_TRITON_REGCAP=$c \
+        run "regcap_${run_c%:*}${c:-none}" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=dense SAMSPARSE_TRITON_REGCAP=${c:-0} \
             "$PY" scripts/bench_step_cost.py --model vit_h --variants tables --json "$OUT/regcap_${run_c%:*}${c:-none}.json"
       done
       run regcap_terms 200 "$PY" scripts/bench_terms.py --quick --maxnreg 64,72 --rounds 3 --json "$OUT/regcap_terms.json"
@@ -184,9 +190,21 @@ for stage in "${STAGES[@]}"; do
         run "regcap_win_${run_c%:*}${c:-none}" 150 env SAMSPARSE_TRITON_WINDOW_REGCAP=$c "$PY" \
             scripts/sweep_window_configs.py --json "$OUT/regcap_win_${run_c%:*}${c:-none}.json"
       done ;;
-    regcap_tests) run regcap_tests 300 env SAMSPARSE_TRITON_REGCAP=168 SAMSPARSE_TRITON_TERMS_REGCAP=64 \
-        SAMSPARSE_TRITON_WINDOW_REGCAP=128 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x \
-        -k "matches_reference or every_candidate_config or window" ;;
+    regcap_tests) run regcap_tests 300 env SAMSPARSE_TRITON_TERMS_REGCAP=64 SAMSPARSE_TRITON_WINDOW_REGCAP=128 \
+        "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py -rf -x -k "matches_reference or window" ;;
+    capab)
+      for run_c in a:dense b:all c:dense d:all; do
+        c=${run_c#*:}
+        run "capab_${run_c%:*}$c" 120 env SAMSPARSE_TRITON_FIXED_OFFSET=$c \
+            "$PY" scripts/bench_step_cost.py --model vit_h --variants tables --json "$OUT/capab_${run_c%:*}$c.json"
+      done ;;
+    vith8_nocap) run vith8_nocap 300 env SAMSPARSE_TRITON_REGCAP=0 "$PY" scripts/bench_encoder.py --models vit_h \
+        --batch 8 --dtype bf16 --no-fp32 --repeat 5 --recipes --extra-variants dense+compile \
+        "sparse:hierarchical:density=0.25,tile=1x64+compile" "sparse:hierarchical:density=0.5,tile=1x64+compile" \
+        --json "$OUT/vith8_nocap.json" --md "$OUT/vith8_nocap.md" ;;
+    attnseq_nocap) run attnseq_nocap 420 env SAMSPARSE_TRITON_REGCAP=0 "$PY" scripts/bench_attention.py \
+        --layouts sequence --skip-flex --skip-eager --no-window \
+        --json "$OUT/attention_seq_nocap.json" --md "$OUT/attention_seq_nocap.md" ;;
     maxnreg)
       run maxnreg_b 240 "$PY" scripts/sweep_maxnreg.py --model vit_b --caps none,168,136,128 --json "$OUT/maxnreg_vit_b.json"
       run maxnreg_h 240 "$PY" scripts/sweep_maxnreg.py --model vit_h --caps none,168,136 --json "$OUT/maxnreg_vit_h.json" ;;

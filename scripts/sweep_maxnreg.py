@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
                     def capped(geo, c, scale_pos, redo=False, cap=cap):
                         plan = make_plan(geo, c, scale_pos, redo=redo)
-                        if cap is None:
-                            return plan
-                        return ops._Plan(plan.grid, plan.ints, dict(plan.constexprs, maxnreg=cap))
+                        constexprs = {k: v for k, v in plan.constexprs.items() if k != "maxnreg"}  # (default cap)
+                        if cap is not None:
+                            constexprs["maxnreg"] = cap
+                        return ops._Plan(plan.grid, plan.ints, constexprs)
 
                     ops._make_plan = capped
                     ops._PLANS.clear()

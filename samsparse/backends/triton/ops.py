@@ -212,8 +212,9 @@ def _terms_register_cap() -> int:
 
     The kernel is latency-bound at 37.5% occupancy (ncu, eleventh run): 76 registers (d=64) leave 6
     CTAs per SM, 83 (d=80) 5. Compiled offline (Triton 3.6, sm_90), a cap of 64 gives 8 CTAs at d=64 with
-    no spills and the same SASS; 72 gives 7 at d=80 with no spills. Not yet timed on a GPU
-    (``gpu_session.sh regcap``, ``bench_terms.py --maxnreg``), hence off.
+    no spills and the same SASS; 72 gives 7 at d=80 with no spills. Timed on the H200 (thirteenth
+    session, ``bench_terms.py --maxnreg 64,72 --rounds 3``) neither helped at B=8: vit_b 56.3 us uncapped,
+    56.5 at 72, 58.2 at 64; vit_h 97.0, 97.9, 99.3 (B=1 vit_b: 8.7, 8.3, 8.6 us). Hence off.
     """
     return _env_register_cap("SAMSPARSE_TRITON_TERMS_REGCAP", 64)
 
@@ -337,36 +338,51 @@ _PLANS: dict = {}
 _REDO_PLANS: dict = {}  # the running-max launch that follows a fixed-offset one, by the same key
 
 
-def _env_register_cap(name: str, example: int) -> int:
-    """A register count from the environment variable ``name`` (0 when unset or "0")."""
+def _env_register_cap(name: str, example: int, default: int = 0) -> int:
+    """A register count from the environment variable ``name``: ``default`` when unset, 0 for "0"."""
     text = os.environ.get(name, "").strip()
-    if not text or text == "0":
+    if not text:
+        return default
+    if text == "0":
         return 0
     try:
         cap = int(text)
     except ValueError:
         cap = -1
     if not 24 <= cap <= 255:
-        raise ValueError(f"{name} must be a register count in [24, 255] (e.g. {example}), got {text!r}; "
-                         "unset it for no cap")
+        raise ValueError(f"{name} must be a register count in [24, 255] (e.g. {example}), or 0 for no cap; "
+                         f"got {text!r}")
     return cap
 
 
-def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int) -> int:
-    """``maxnreg`` for a plan, or 0. Two opt-in experiments, off by default, not yet timed on a GPU
-    (``gpu_session.sh regcap``); compiled offline (Triton 3.6, sm_90, ``scripts/kernel_resources.py
-    --maxnreg N``), each cap takes its kernels over an occupancy step with no spills and the same code:
+# Key-row kernels on 64-row tiles with 4 warps compile under this register cap by default (head dims up
+# to 80, 16-bit dtypes: SAM's shapes, checked offline with no spills). vit_h's running max there used
+# 177-182 registers (2 CTAs per SM); capped, 168 (3 CTAs): 41.7 -> 33.9 us per key row of a 64-token-block
+# mask (H200, vit_h B=8, bench_step_cost.py, two alternating runs each, thirteenth session). vit_b's
+# kernels (148-158 registers) and the fixed-offset pass (167) are below it already.
+KEY_ROW_REGCAP = 168
+KEY_ROW_REGCAP_MAX_HEAD_DIM = 80
 
-    - ``SAMSPARSE_TRITON_REGCAP=N``: key-row kernels on 64-row tiles with 4 warps. vit_h's running-max
-      kernels there use 177-182 registers (2 CTAs per SM); at 168, 3 CTAs. vit_b's use 148-158.
-    - ``SAMSPARSE_TRITON_WINDOW_REGCAP=N``: the windows' one-hot kernels. At 128: M64/N32/w4/s3 139-141
-      -> 128 registers (3 -> 4 CTAs per SM), vit_h's M128/N32/w8/s3 141 -> 127 (1 -> 2 CTAs).
+
+def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int, head_dim: int, dtype) -> int:
+    """``maxnreg`` for a plan, or 0 (no cap).
+
+    - Key-row kernels on 64-row tiles with 4 warps: ``KEY_ROW_REGCAP`` for head dims up to
+      ``KEY_ROW_REGCAP_MAX_HEAD_DIM`` in 16-bit dtypes. ``SAMSPARSE_TRITON_REGCAP=N`` sets N for every such
+      plan (any head dim or dtype), ``=0`` turns the cap off.
+    - ``SAMSPARSE_TRITON_WINDOW_REGCAP=N`` (off by default): the windows' one-hot kernels. At 128, offline,
+      M64/N32/w4/s3 139-141 -> 128 registers (3 -> 4 CTAs per SM), M128/N32/w8/s3 141 -> 127 (1 -> 2);
+      on the H200 (thirteenth session) neither of the configs the windows use got faster (vit_b
+      M64/N32/w4/s3 0.238-0.241 ms either way, vit_h M128/N32/w8/s3 0.386-0.389), and a d=256 window
+      kernel failed to compile under it.
+    A cap that ptxas cannot meet is dropped at the first launch (``_launch_with_cap_fallback``).
     """
     if rel_dot == 1:
         return _env_register_cap("SAMSPARSE_TRITON_WINDOW_REGCAP", 128)
     if rows == 0 or block_m != 64 or num_warps != 4:
         return 0
-    return _env_register_cap("SAMSPARSE_TRITON_REGCAP", 168)
+    fits = head_dim <= KEY_ROW_REGCAP_MAX_HEAD_DIM and dtype in (torch.bfloat16, torch.float16)
+    return _env_register_cap("SAMSPARSE_TRITON_REGCAP", KEY_ROW_REGCAP, KEY_ROW_REGCAP if fits else 0)
 
 
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
@@ -464,7 +480,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
                       and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "1").strip() != "0"),
         num_warps=num_warps, num_stages=cfg.num_stages,
     )
-    cap = _register_cap(rows, rel_dot, block_m, num_warps)
+    cap = _register_cap(rows, rel_dot, block_m, num_warps, geo.head_dim, geo.dtype)
     if cap:
         constexprs["maxnreg"] = cap
     return _Plan(
@@ -518,12 +534,28 @@ def _launch(
     )
     sf = k_fill.stride(0) if k_fill is not None else 0
     ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, sf, *plan.ints)
-    _ATTN_LAUNCHER(plan.grid, tensors, (qk_scale,), ints, plan.constexprs, key, q.device)
+    args = (tensors, (qk_scale,), ints)
+    _launch_with_cap_fallback(plan, args, key, q.device)
     if flags is not None:
         redo = _REDO_PLANS.get(key)
         if redo is None:
             redo = _REDO_PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
-        _ATTN_LAUNCHER(redo.grid, tensors, (qk_scale,), ints, redo.constexprs, (*key, "redo"), q.device)
+        _launch_with_cap_fallback(redo, args, (*key, "redo"), q.device)
+
+
+def _launch_with_cap_fallback(plan: _Plan, args: tuple, key, device) -> None:
+    """Launch ``plan``; if ptxas cannot compile it under its register cap (``maxnreg``), drop the cap
+    from the plan (for good) and launch again. Any other error propagates."""
+    try:
+        _ATTN_LAUNCHER(plan.grid, *args, plan.constexprs, key, device)
+    except Exception as exc:
+        if "maxnreg" not in plan.constexprs or type(exc).__name__ != "PTXASError":
+            raise
+        cap = plan.constexprs.pop("maxnreg")
+        log.warning("the attention kernel does not compile under a cap of %d registers (%s); compiling "
+                    "it uncapped (set the SAMSPARSE_TRITON_*REGCAP variable to 0 to skip the attempt)", cap,
+                    str(exc).splitlines()[0])
+        _ATTN_LAUNCHER(plan.grid, *args, plan.constexprs, key, device)
 
 
 def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, head_dim: int, dtype) -> bool:
@@ -547,12 +579,14 @@ def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, h
 _IN_PROGRAM: dict = {}
 
 # Masked key-row calls take the fixed-offset pass when their query blocks read at least PASS_MIN_KEYS key
-# tokens on average and either hold at least PASS_MIN_QUERIES tokens or the head dim is split (80 = 64 + 16).
+# tokens on average and either hold at least PASS_MIN_QUERIES tokens or the head dim is split (80 = 64 + 16)
+# and the 64-row tiles run without KEY_ROW_REGCAP (SAMSPARSE_TRITON_REGCAP=0, or fp32).
 # H200, B=8, masks in which every query block reads exactly k key rows (scripts/bench_step_cost.py, twelfth
 # run), fixed cost t0 and cost per key row s, pass against running max:
 #   vit_b, 128-token query blocks: s 16.2 vs 19.5 us, t0 +38 us: the pass wins from ~12 rows (3% at 16);
 #   vit_b, 64-token query blocks: s 19.6 vs 19.5 us (64-row tiles both), t0 +28 us: it never wins;
 #   vit_h, 64-token query blocks: s 32.6 vs 42.1 us, t0 +37 us: it wins from ~4 rows (13% at 16);
+#     with the running max capped at 168 registers (thirteenth run) s 33.9 us, t0 181 us: even at ~40 rows;
 #   vit_h, 128-token query blocks: s 31.0 vs 34.1 us, t0 +33 us: it wins from ~11 rows.
 # bench_attention.py's random masks at p = .25 (1024 keys, 128-token blocks): vit_h 7% faster with the pass,
 # vit_b within 1% (GPU time). Masks whose average is not known without a host sync keep the running max.
@@ -561,12 +595,14 @@ PASS_MIN_KEYS = 1024
 PASS_MIN_QUERIES = 128
 
 
-def _long_rows(m: MaskKernelArgs, head_dim: int) -> int:
+def _long_rows(m: MaskKernelArgs, head_dim: int, dtype: torch.dtype) -> int:
     """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0 (and for dense calls)."""
     if m.kv_num_blocks is None or m.mean_keys < 1:
         return 0  # dense, or a mask whose average is not known without a host sync
-    if m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0:
-        return 0
+    if m.block_q < PASS_MIN_QUERIES and (
+        head_dim_split(head_dim)[1] == 0 or _register_cap(1, 0, 64, 4, head_dim, dtype)
+    ):
+        return 0  # short query blocks: 64-row tiles, where the running max is as fast (capped, at d=80)
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
     try:
         threshold = float(min_keys) if min_keys else PASS_MIN_KEYS
@@ -799,7 +835,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1]),
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1], q.dtype),
     )
 
 
