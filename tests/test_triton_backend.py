@@ -1192,36 +1192,44 @@ def test_register_caps_default_and_overrides(monkeypatch):
         plan(64, m64)
 
 
-def test_launch_drops_a_register_cap_ptxas_cannot_meet(monkeypatch, caplog):
-    """A plan whose cap ptxas rejects (a d=256 window kernel under 128 registers did, on the H200) is
-    launched again without it, with a warning, and keeps no cap; other errors propagate untouched."""
+def test_launch_drops_a_register_cap_ptxas_cannot_meet(caplog):
+    """A kernel whose cap ptxas rejects (a d=256 window kernel under 128 registers did, on the H200) is
+    launched again without it, with a warning, and its cached constexprs keep no cap; other errors, and
+    any error of an uncapped kernel, propagate untouched."""
     from samsparse.backends.triton import ops
 
     class PTXASError(RuntimeError):  # (the name Triton's compile error has)
         pass
 
-    calls = []
+    class Launcher:
+        name = "_attn_fwd"
 
-    def launcher(grid, tensors, floats, ints, constexprs, key, device):
-        calls.append(dict(constexprs))
-        if "maxnreg" in constexprs:
-            raise PTXASError("PTXAS error: Insufficient registers (128)\nmore")
+        def __init__(self, error):
+            self.calls, self.error = [], error
 
-    monkeypatch.setattr(ops, "_ATTN_LAUNCHER", launcher)
-    plan = ops._Plan(grid=(1, 1), ints=(), constexprs=dict(BLOCK_M=64, maxnreg=128))
+        def __call__(self, grid, tensors, floats, ints, constexprs, key, device):
+            self.calls.append(dict(constexprs))
+            if "maxnreg" in constexprs:
+                raise self.error
+
+    launcher = Launcher(PTXASError("PTXAS error: Insufficient registers (128)\nmore"))
+    constexprs = dict(BLOCK_M=64, maxnreg=128)
     with caplog.at_level("WARNING", logger=ops.__name__):
-        ops._launch_with_cap_fallback(plan, ((), (), ()), "k", torch.device("cpu"))
-    assert [c.get("maxnreg") for c in calls] == [128, None] and "maxnreg" not in plan.constexprs
-    assert "does not compile under a cap of 128 registers" in caplog.text
-    ops._launch_with_cap_fallback(plan, ((), (), ()), "k", torch.device("cpu"))
-    assert len(calls) == 3  # once dropped, the cap is not tried again
+        ops._launch_with_cap_fallback(launcher, (1, 1), ((), (), ()), constexprs, "k", None)
+    assert [c.get("maxnreg") for c in launcher.calls] == [128, None] and "maxnreg" not in constexprs
+    assert "_attn_fwd does not compile under a cap of 128 registers" in caplog.text
+    ops._launch_with_cap_fallback(launcher, (1, 1), ((), (), ()), constexprs, "k", None)
+    assert len(launcher.calls) == 3  # once dropped, the cap is not tried again
 
-    def failing(*args):
-        raise PTXASError("boom")
+    other = Launcher(ValueError("not a compile error"))
+    with pytest.raises(ValueError):
+        ops._launch_with_cap_fallback(other, (1, 1), ((), (), ()), dict(maxnreg=128), "k", None)
+    class AlwaysFails(Launcher):
+        def __call__(self, *args):
+            raise self.error
 
-    monkeypatch.setattr(ops, "_ATTN_LAUNCHER", failing)
-    with pytest.raises(PTXASError):  # uncapped plans: the error is the user's to see
-        ops._launch_with_cap_fallback(ops._Plan(grid=(1, 1), ints=(), constexprs={}), ((), (), ()), "k", None)
+    with pytest.raises(PTXASError):  # no cap to drop: the compile error is the caller's to see
+        ops._launch_with_cap_fallback(AlwaysFails(PTXASError("boom")), (1, 1), ((), (), ()), {}, "k", None)
 
 
 def test_terms_register_cap_is_opt_in(monkeypatch):

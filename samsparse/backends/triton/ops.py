@@ -198,7 +198,8 @@ def relpos_terms(
             constexprs["maxnreg"] = int(cap[0])
     ints = (*q.stride(), *rh.stride(), *rw.stride(), *rel_h.stride(), *rel_w.stride(), h)
     with _device_ctx(q):
-        _TERMS_LAUNCHER((ghq + gwq, b * h), (q, rh, rw, rel_h, rel_w), (), ints, constexprs, key, q.device)
+        _launch_with_cap_fallback(_TERMS_LAUNCHER, (ghq + gwq, b * h), ((q, rh, rw, rel_h, rel_w), (), ints),
+                                  constexprs, key, q.device)
     return rel_h, rel_w
 
 
@@ -535,27 +536,28 @@ def _launch(
     sf = k_fill.stride(0) if k_fill is not None else 0
     ints = (*qs, *ks, *vs, *os_, *ls, *sn, *si, *sh, *sw, *st, sf, *plan.ints)
     args = (tensors, (qk_scale,), ints)
-    _launch_with_cap_fallback(plan, args, key, q.device)
+    _launch_with_cap_fallback(_ATTN_LAUNCHER, plan.grid, args, plan.constexprs, key, q.device)
     if flags is not None:
         redo = _REDO_PLANS.get(key)
         if redo is None:
             redo = _REDO_PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
-        _launch_with_cap_fallback(redo, args, (*key, "redo"), q.device)
+        _launch_with_cap_fallback(_ATTN_LAUNCHER, redo.grid, args, redo.constexprs, (*key, "redo"), q.device)
 
 
-def _launch_with_cap_fallback(plan: _Plan, args: tuple, key, device) -> None:
-    """Launch ``plan``; if ptxas cannot compile it under its register cap (``maxnreg``), drop the cap
-    from the plan (for good) and launch again. Any other error propagates."""
+def _launch_with_cap_fallback(launcher: _Launcher, grid, args: tuple, constexprs: dict, key, device) -> None:
+    """``launcher(grid, *args, constexprs, key, device)``; if ptxas cannot compile the kernel under its
+    register cap (``constexprs["maxnreg"]``), drop the cap from ``constexprs`` (a cached plan's: for good)
+    and launch again. Any other error propagates."""
     try:
-        _ATTN_LAUNCHER(plan.grid, *args, plan.constexprs, key, device)
+        launcher(grid, *args, constexprs, key, device)
     except Exception as exc:
-        if "maxnreg" not in plan.constexprs or type(exc).__name__ != "PTXASError":
+        if "maxnreg" not in constexprs or type(exc).__name__ != "PTXASError":
             raise
-        cap = plan.constexprs.pop("maxnreg")
-        log.warning("the attention kernel does not compile under a cap of %d registers (%s); compiling "
-                    "it uncapped (set the SAMSPARSE_TRITON_*REGCAP variable to 0 to skip the attempt)", cap,
-                    str(exc).splitlines()[0])
-        _ATTN_LAUNCHER(plan.grid, *args, plan.constexprs, key, device)
+        cap = constexprs.pop("maxnreg")
+        log.warning("kernel %s does not compile under a cap of %d registers (%s); compiling it uncapped "
+                    "(set the SAMSPARSE_TRITON_*REGCAP variable to 0 to skip the attempt)",
+                    launcher.name, cap, str(exc).splitlines()[0])
+        launcher(grid, *args, constexprs, key, device)
 
 
 def _terms_in_program(layout: int, block_k: int, masked: bool, q_grid, k_grid, head_dim: int, dtype) -> bool:
