@@ -55,8 +55,9 @@ MODELS = {"vit_b": (12, 64), "vit_h": (16, 80)}
 LOOP_OPS = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "MUFU", "F2FP", "LDL", "STL")
 
 
-def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> list[offline.Launch]:
-    """The launches of one call of ``kind`` (CPU tensors laid out as SAM's qkv projection gives them)."""
+def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig, arch: int = 90) -> list[offline.Launch]:
+    """The launches of one call of ``kind`` planned for sm_<arch> (CPU tensors laid out as SAM's qkv
+    projection gives them)."""
     qkv = torch.empty(batch, 4096, 3, heads, d, dtype=torch.bfloat16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     if kind == "window":
@@ -64,7 +65,7 @@ def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> l
         tables = torch.zeros(2, 27, d, dtype=torch.bfloat16)
         rp = RelPos.from_tables(tables[0], tables[1], (14, 14))
         return offline.record_launches(
-            lambda: window_attention(q, k, v, fill[0], fill[1], rp, None, (64, 64), 14, config=cfg)
+            lambda: window_attention(q, k, v, fill[0], fill[1], rp, None, (64, 64), 14, config=cfg), arch
         )
     tables = torch.zeros(2, 127, d, dtype=torch.bfloat16)
     rp = RelPos.from_tables(tables[0], tables[1], (64, 64))
@@ -75,7 +76,7 @@ def launches_of(kind: str, heads: int, d: int, batch: int, cfg: TileConfig) -> l
     elif kind.startswith("sparse-"):
         th, tw = (int(x) for x in kind.split("-")[1].split("x"))
         mask = hierarchical((64, 64), (th, tw), heads, 0.25)
-    return offline.record_launches(lambda: ops.attention(q, k, v, mask, rp, None, config=cfg))
+    return offline.record_launches(lambda: ops.attention(q, k, v, mask, rp, None, config=cfg), arch)
 
 
 def launch_name(launch: offline.Launch) -> str:
@@ -124,7 +125,7 @@ def main() -> int:
             for cfg in args.config or CONFIGS[kind][d]:
                 tc = TileConfig(*cfg)
                 name = f"M{tc.block_m}/N{tc.block_n}/w{tc.num_warps}/s{tc.num_stages}"
-                for launch in launches_of(kind, heads, d, args.batch, tc):
+                for launch in launches_of(kind, heads, d, args.batch, tc, args.arch):
                     if args.maxnreg:
                         launch = dataclasses.replace(launch, constexprs={**launch.constexprs, "maxnreg": args.maxnreg})
                     which = launch_name(launch)

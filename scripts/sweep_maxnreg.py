@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 first = None
                 for cap in caps:
 
-                    def capped(geo, c, scale_pos, redo=False, cap=cap):
-                        plan = make_plan(geo, c, scale_pos, redo=redo)
+                    def capped(geo, c, scale_pos, redo=False, arch=0, cap=cap):
+                        plan = make_plan(geo, c, scale_pos, redo=redo, arch=arch)
                         constexprs = {k: v for k, v in plan.constexprs.items() if k != "maxnreg"}  # (default cap)
                         if cap is not None:
                             constexprs["maxnreg"] = cap

@@ -186,7 +186,7 @@ def _tables_check() -> dict:
         worst = max(worst, err)
         if err > 1e-4:
             problems.append(f"{name} tables: max abs err {err:.2e}")
-        used = [geo.rel_tables for (geo, _cfg, _pos) in ops._PLANS]
+        used = [key[0].rel_tables for key in ops._PLANS]
         if used != [want_in_program]:
             problems.append(f"{name} tables: in-program terms used = {used}, want [{want_in_program}]")
     return {"case": "tables-toeplitz-or-not", "ok": not problems, "problems": problems, "err": worst}
@@ -474,7 +474,7 @@ def _windows_block_check() -> dict:
     ops._PLANS.clear()
     with torch.no_grad():
         got = sam.image_encoder(x)
-    if not any(geo.window for (geo, _cfg, _pos) in ops._PLANS):
+    if not any(key[0].window for key in ops._PLANS):
         problems.append("the windowed blocks did not use the in-place kernel")
     err = float((got - want).abs().max() / want.abs().max())
     if not err <= 1e-5:
@@ -537,7 +537,7 @@ def _windows_compile_check() -> dict:
             model.image_encoder(x + 1)
         if counter.frame_count != expected:
             problems.append(f"scope {scope}: {counter.frame_count} graphs, want {expected} (graph breaks or recompiles)")
-        if not any(geo.window for (geo, _cfg, _pos) in ops._PLANS):
+        if not any(key[0].window for key in ops._PLANS):
             problems.append(f"scope {scope}: the compiled windowed blocks did not use the in-place kernel")
         err = float((out - ref).abs().max())
         worst = max(worst, err)
@@ -906,7 +906,7 @@ from samsparse.backends.triton import offline, ops
 from samsparse.backends.triton.configs import TileConfig
 from samsparse.relpos import RelPos
 
-attn_launcher = ops._ATTN_LAUNCHER
+attn_launcher, device_arch = ops._ATTN_LAUNCHER, ops._device_arch
 qkv = torch.empty(1, 256, 3, 2, 32, dtype=torch.bfloat16)
 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
 rp = RelPos.from_tables(torch.zeros(15, 32, dtype=torch.bfloat16), torch.zeros(63, 32, dtype=torch.bfloat16), (8, 32))
@@ -917,7 +917,9 @@ for launch in launches:
     rows.append([launch.kernel, launch.constexprs.get("FIXED_M", 0), launch.constexprs.get("REDO", 0), rep.registers,
                  rep.instructions, rep.opcodes.get("HGMMA", 0), rep.spill_store_bytes,
                  launch.constexprs.get("maxnreg", 0), rep.ctas_per_sm, rep.cta_limit])
-print(json.dumps({"rows": rows, "launcher_restored": ops._ATTN_LAUNCHER is attn_launcher}))
+sm80 = offline.record_launches(lambda: ops.attention(q, k, v, None, rp, None, TileConfig(64, 32, 4, 2)), 80)
+print(json.dumps({"rows": rows, "caps_sm80": [l.constexprs.get("maxnreg", 0) for l in sm80],
+                  "launcher_restored": ops._ATTN_LAUNCHER is attn_launcher and ops._device_arch is device_arch}))
 """
 
 
@@ -943,6 +945,7 @@ def test_offline_compile_reports_what_ptxas_made_of_each_launch():
     running them, and each compiles for sm_90 without a GPU: registers, SASS (wgmma in the attention kernels)."""
     out = _run_offline_probe(_OFFLINE_PROBE)
     assert out["launcher_restored"]
+    assert out["caps_sm80"] == [0, 0, 0], "planned for sm_80, no launch has the Hopper-only default cap"
     kernels = [(r[0], r[1], r[2]) for r in out["rows"]]
     assert kernels == [("_relpos_terms", 0, 0), ("_attn_fwd", 1, 0), ("_attn_fwd", 0, 1)], kernels
     for name, _, _, regs, n_sass, n_hgmma, spills, cap, ctas, limit in out["rows"]:
@@ -1068,9 +1071,10 @@ def test_fast_launcher_reuses_a_compiled_kernel_only_for_the_same_specialization
 
 
 def _plan_constexprs(cfg, grid=(64, 64), d: int = 64, block: int = 0, rel: bool = True, rel_tables: bool = False,
-                     batch: int = 8, heads: int = 12) -> dict:
-    """``ops._make_plan``'s constexprs for bf16 self-attention over a ``grid`` of tokens: dense (``block`` 0)
-    or a sequence-layout mask of ``block``-token blocks, with SAM's rel-pos over the grid when ``rel``."""
+                     batch: int = 8, heads: int = 12, arch: int = 90) -> dict:
+    """``ops._make_plan``'s constexprs for bf16 self-attention over a ``grid`` of tokens on an sm_<arch> GPU:
+    dense (``block`` 0) or a sequence-layout mask of ``block``-token blocks, with SAM's rel-pos over the grid
+    when ``rel``."""
     from samsparse.backends.triton import ops
 
     n = grid[0] * grid[1]
@@ -1080,7 +1084,7 @@ def _plan_constexprs(cfg, grid=(64, 64), d: int = 64, block: int = 0, rel: bool 
         layout=0, block_q=block, block_k=block, num_q_blocks=nb, num_k_blocks=nb, tile_grid=(1, 1), tile=(1, 1),
         has_rel=rel, rel_k_grid=grid if rel else (1, 1), rel_tables=rel_tables,
     )
-    return ops._make_plan(geo, cfg, True).constexprs
+    return ops._make_plan(geo, cfg, True, arch=arch).constexprs
 
 
 def test_plan_cuts_warps_of_cut_tiles_and_keeps_one_key_step():
@@ -1134,9 +1138,9 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
 
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)
 
-    def long_rows(block_q: int, keys: float, d: int = 64, dtype=torch.bfloat16) -> int:
+    def long_rows(block_q: int, keys: float, d: int = 64, dtype=torch.bfloat16, arch: int = 90) -> int:
         return ops._long_rows(MaskKernelArgs(index, index[..., None], block_q=block_q, block_k=block_q,
-                                             mean_keys=keys), d, dtype)
+                                             mean_keys=keys), d, dtype, arch)
 
     assert long_rows(128, 1024.0) == 1 and long_rows(256, 4096.0) == 1
     assert long_rows(128, 1000.0) == 0
@@ -1144,11 +1148,12 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
     # vit_h's 1x64-tile recipes too: its running max on 64-row tiles is capped at 168 registers by default
     assert long_rows(64, 1068.5, d=80) == 0 and long_rows(128, 1068.5, d=80) == 1
     assert long_rows(64, 1068.5, d=80, dtype=torch.float32) == 1  # fp32: no cap, the pass wins there
+    assert long_rows(64, 1068.5, d=80, arch=80) == 1  # no default cap off Hopper either
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "0")  # uncapped, the pass wins at d=80 from ~4 rows
     assert long_rows(64, 1068.5, d=80) == 1 and long_rows(64, 380.0, d=80) == 0  # vit_h's 25% / 10% recipes
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP")
     assert long_rows(128, 0.0) == 0  # a mask whose average is not known (built per call on the GPU)
-    assert ops._long_rows(MaskKernelArgs(), 80, torch.bfloat16) == 0  # dense calls: the pass is their default
+    assert ops._long_rows(MaskKernelArgs(), 80, torch.bfloat16, 90) == 0  # dense calls: the pass is their default
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
     assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "lots")
@@ -1157,21 +1162,23 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
 
 
 def test_register_caps_default_and_overrides(monkeypatch):
-    """Key-row plans on 64-row tiles with 4 warps get ``maxnreg=KEY_ROW_REGCAP`` (168) by default at head dims
-    up to 80 in 16-bit dtypes (vit_h's running max there compiles to 177-182 registers offline: 2 CTAs per
+    """Key-row plans on 64-row tiles with 4 warps get ``maxnreg=KEY_ROW_REGCAP`` (168) by default on Hopper at
+    head dims up to 80 in 16-bit dtypes (vit_h's running max there compiles to 177-182 registers offline: 2 CTAs per
     SM, 3 at 168; 41.7 -> 33.9 us per key row on the H200) and no other plan does;
     SAMSPARSE_TRITON_REGCAP=N sets N for every such plan, =0 removes the cap;
     SAMSPARSE_TRITON_WINDOW_REGCAP=N caps the windows' one-hot plans (off by default); a bad value says
     what it wants."""
     from samsparse.backends.triton.configs import TileConfig
 
-    def plan(block: int, cfg: TileConfig, masked: bool = True, grid=(64, 64), d: int = 80):
-        return _plan_constexprs(cfg, grid, d, block=block if masked else 0, heads=16)
+    def plan(block: int, cfg: TileConfig, masked: bool = True, grid=(64, 64), d: int = 80, arch: int = 90):
+        return _plan_constexprs(cfg, grid, d, block=block if masked else 0, heads=16, arch=arch)
 
     m64 = TileConfig(64, 64, 4, 3)
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)
     monkeypatch.delenv("SAMSPARSE_TRITON_WINDOW_REGCAP", raising=False)
     assert plan(64, m64)["maxnreg"] == 168  # vit_h's 1x64-tile masks
+    # measured on Hopper only: sm_80's kernels use 194-247 registers and spill under 168 (offline)
+    assert "maxnreg" not in plan(64, m64, arch=80) and "maxnreg" not in plan(64, m64, arch=0)
     assert plan(128, m64)["maxnreg"] == 168  # 128-token blocks on 64-row tiles
     assert plan(0, m64, masked=False)["maxnreg"] == 168  # dense on 64-row tiles
     assert plan(64, m64, d=64)["maxnreg"] == 168  # vit_b (a no-op there: 148-158 registers)
@@ -1181,6 +1188,7 @@ def test_register_caps_default_and_overrides(monkeypatch):
     assert "maxnreg" not in plan(0, m64, masked=False, grid=(14, 14))  # windows (one-hot bias mode): their own
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "160")
     assert plan(64, m64)["maxnreg"] == 160 and plan(64, m64, d=128)["maxnreg"] == 160
+    assert plan(64, m64, arch=80)["maxnreg"] == 160  # an explicit cap applies on any GPU
     monkeypatch.setenv("SAMSPARSE_TRITON_REGCAP", "0")
     assert "maxnreg" not in plan(64, m64)
     monkeypatch.setenv("SAMSPARSE_TRITON_WINDOW_REGCAP", "128")

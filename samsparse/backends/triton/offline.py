@@ -92,21 +92,27 @@ class _Recorder:
 
 
 @contextmanager
-def _recording() -> Iterator[list]:
+def _recording(arch: int) -> Iterator[list]:
     from . import ops
 
     launches: list[Launch] = []
-    saved = ops._ATTN_LAUNCHER, ops._TERMS_LAUNCHER
+    # (getattr: kernel_resources.py --against runs this module on older revisions, without _device_arch)
+    saved = ops._ATTN_LAUNCHER, ops._TERMS_LAUNCHER, getattr(ops, "_device_arch", None)
     ops._ATTN_LAUNCHER = _Recorder("_attn_fwd", launches)
     ops._TERMS_LAUNCHER = _Recorder("_relpos_terms", launches)
+    if saved[2] is not None:
+        ops._device_arch = lambda device: arch  # plan for the target GPU (plans are keyed by arch)
     try:
         yield launches
     finally:
-        ops._ATTN_LAUNCHER, ops._TERMS_LAUNCHER = saved
+        ops._ATTN_LAUNCHER, ops._TERMS_LAUNCHER = saved[:2]
+        if saved[2] is not None:
+            ops._device_arch = saved[2]
 
 
-def record_launches(call: Callable[[], object]) -> list[Launch]:
-    """The launches ``call()`` makes through ``samsparse.backends.triton.ops`` (none of them runs).
+def record_launches(call: Callable[[], object], arch: int = 90) -> list[Launch]:
+    """The launches ``call()`` makes through ``samsparse.backends.triton.ops`` (none of them runs), planned
+    as for a GPU of compute capability ``arch`` (x10; compile them for the same one).
 
     ``call`` may use CPU tensors (their strides and 16-byte alignment stand for the GPU's) and should
     force a tile config (``config=TileConfig(...)``): without a GPU nothing is autotuned.
@@ -115,7 +121,7 @@ def record_launches(call: Callable[[], object]) -> list[Launch]:
 
     if kernel.INTERPRET:
         raise RuntimeError("the kernels were loaded with TRITON_INTERPRET=1: unset it to compile them offline")
-    with _recording() as launches:
+    with _recording(arch) as launches:
         call()
     return launches
 

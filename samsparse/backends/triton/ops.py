@@ -356,21 +356,24 @@ def _env_register_cap(name: str, example: int, default: int = 0) -> int:
     return cap
 
 
-# Key-row kernels on 64-row tiles with 4 warps compile under this register cap by default (head dims up
-# to 80, 16-bit dtypes: SAM's shapes, checked offline with no spills). vit_h's running max there used
-# 177-182 registers (2 CTAs per SM); capped, 168 (3 CTAs): 41.7 -> 33.9 us per key row of a 64-token-block
-# mask (H200, vit_h B=8, bench_step_cost.py, two alternating runs each, thirteenth session). vit_b's
-# kernels (148-158 registers) and the fixed-offset pass (167) are below it already.
+# Key-row kernels on 64-row tiles with 4 warps compile under this register cap by default on Hopper
+# (compute capability 9.x; head dims up to 80, 16-bit dtypes: SAM's shapes, checked offline with no
+# spills). vit_h's running max there used 177-182 registers (2 CTAs per SM); capped, 168 (3 CTAs): 41.7 ->
+# 33.9 us per key row of a 64-token-block mask (H200, vit_h B=8, bench_step_cost.py, two alternating runs
+# each, thirteenth session). vit_b's kernels (148-158 registers) and the fixed-offset pass (167) are below
+# it already. Not on other GPUs: for sm_80 the same kernels compile to 194-247 registers and, capped, spill
+# (4-28 B) with longer key loops (offline, Triton 3.6); untimed there.
 KEY_ROW_REGCAP = 168
 KEY_ROW_REGCAP_MAX_HEAD_DIM = 80
+KEY_ROW_REGCAP_ARCH_MAJOR = 9
 
 
-def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int, head_dim: int, dtype) -> int:
-    """``maxnreg`` for a plan, or 0 (no cap).
+def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int, head_dim: int, dtype, arch: int) -> int:
+    """``maxnreg`` for a plan on a GPU of compute capability ``arch`` (x10; 0: not a GPU), or 0 (no cap).
 
-    - Key-row kernels on 64-row tiles with 4 warps: ``KEY_ROW_REGCAP`` for head dims up to
+    - Key-row kernels on 64-row tiles with 4 warps: ``KEY_ROW_REGCAP`` on Hopper for head dims up to
       ``KEY_ROW_REGCAP_MAX_HEAD_DIM`` in 16-bit dtypes. ``SAMSPARSE_TRITON_REGCAP=N`` sets N for every such
-      plan (any head dim or dtype), ``=0`` turns the cap off.
+      plan (any GPU, head dim or dtype), ``=0`` turns the cap off.
     - ``SAMSPARSE_TRITON_WINDOW_REGCAP=N`` (off by default): the windows' one-hot kernels. At 128, offline,
       M64/N32/w4/s3 139-141 -> 128 registers (3 -> 4 CTAs per SM), M128/N32/w8/s3 141 -> 127 (1 -> 2);
       on the H200 (thirteenth session) neither of the configs the windows use got faster (vit_b
@@ -382,11 +385,27 @@ def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int, head_di
         return _env_register_cap("SAMSPARSE_TRITON_WINDOW_REGCAP", 128)
     if rows == 0 or block_m != 64 or num_warps != 4:
         return 0
-    fits = head_dim <= KEY_ROW_REGCAP_MAX_HEAD_DIM and dtype in (torch.bfloat16, torch.float16)
+    fits = (arch // 10 == KEY_ROW_REGCAP_ARCH_MAJOR and head_dim <= KEY_ROW_REGCAP_MAX_HEAD_DIM
+            and dtype in (torch.bfloat16, torch.float16))
     return _env_register_cap("SAMSPARSE_TRITON_REGCAP", KEY_ROW_REGCAP, KEY_ROW_REGCAP if fits else 0)
 
 
-def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False) -> _Plan:
+_ARCHS: dict = {}
+
+
+def _device_arch(device: torch.device) -> int:
+    """Compute capability x10 of a CUDA device (90: H100/H200, 80: A100), 0 for any other device."""
+    if device.type != "cuda":
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    arch = _ARCHS.get(index)
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        arch = _ARCHS[index] = 10 * major + minor
+    return arch
+
+
+def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False, arch: int = 0) -> _Plan:
     kern = _kernels()
     b, h = geo.batch, geo.heads
     nq, nk = geo.nq, geo.nk
@@ -481,7 +500,7 @@ def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = Fa
                       and os.environ.get("SAMSPARSE_TRITON_CARRY_IDS", "1").strip() != "0"),
         num_warps=num_warps, num_stages=cfg.num_stages,
     )
-    cap = _register_cap(rows, rel_dot, block_m, num_warps, geo.head_dim, geo.dtype)
+    cap = _register_cap(rows, rel_dot, block_m, num_warps, geo.head_dim, geo.dtype, arch)
     if cap:
         constexprs["maxnreg"] = cap
     return _Plan(
@@ -499,10 +518,11 @@ def _launch(
     k_fill=None, v_fill=None,
 ) -> None:
     """One launch of the attention kernel for ``geo`` with tile config ``cfg``."""
-    key = (geo, cfg, qk_scale > 0)
+    arch = _device_arch(q.device)
+    key = (geo, cfg, qk_scale > 0, arch)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(geo, cfg, qk_scale > 0)
+        plan = _PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, arch=arch)
     dummy = q
     flags = None
     if plan.constexprs["FIXED_M"]:
@@ -540,7 +560,7 @@ def _launch(
     if flags is not None:
         redo = _REDO_PLANS.get(key)
         if redo is None:
-            redo = _REDO_PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, redo=True)
+            redo = _REDO_PLANS[key] = _make_plan(geo, cfg, qk_scale > 0, redo=True, arch=arch)
         _launch_with_cap_fallback(_ATTN_LAUNCHER, redo.grid, args, redo.constexprs, (*key, "redo"), q.device)
 
 
@@ -582,7 +602,7 @@ _IN_PROGRAM: dict = {}
 
 # Masked key-row calls take the fixed-offset pass when their query blocks read at least PASS_MIN_KEYS key
 # tokens on average and either hold at least PASS_MIN_QUERIES tokens or the head dim is split (80 = 64 + 16)
-# and the 64-row tiles run without KEY_ROW_REGCAP (SAMSPARSE_TRITON_REGCAP=0, or fp32).
+# and the 64-row tiles run without KEY_ROW_REGCAP (SAMSPARSE_TRITON_REGCAP=0, fp32, or not Hopper).
 # H200, B=8, masks in which every query block reads exactly k key rows (scripts/bench_step_cost.py, twelfth
 # run), fixed cost t0 and cost per key row s, pass against running max:
 #   vit_b, 128-token query blocks: s 16.2 vs 19.5 us, t0 +38 us: the pass wins from ~12 rows (3% at 16);
@@ -597,12 +617,12 @@ PASS_MIN_KEYS = 1024
 PASS_MIN_QUERIES = 128
 
 
-def _long_rows(m: MaskKernelArgs, head_dim: int, dtype: torch.dtype) -> int:
+def _long_rows(m: MaskKernelArgs, head_dim: int, dtype: torch.dtype, arch: int) -> int:
     """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0 (and for dense calls)."""
     if m.kv_num_blocks is None or m.mean_keys < 1:
         return 0  # dense, or a mask whose average is not known without a host sync
     if m.block_q < PASS_MIN_QUERIES and (
-        head_dim_split(head_dim)[1] == 0 or _register_cap(1, 0, 64, 4, head_dim, dtype)
+        head_dim_split(head_dim)[1] == 0 or _register_cap(1, 0, 64, 4, head_dim, dtype, arch)
     ):
         return 0  # short query blocks: 64-row tiles, where the running max is as fast (capped, at d=80)
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
@@ -837,7 +857,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1], q.dtype),
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1], q.dtype, _device_arch(q.device)),
     )
 
 
