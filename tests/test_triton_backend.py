@@ -1139,8 +1139,9 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP", raising=False)
 
     def long_rows(block_q: int, keys: float, d: int = 64, dtype=torch.bfloat16, arch: int = 90) -> int:
-        return ops._long_rows(MaskKernelArgs(index, index[..., None], block_q=block_q, block_k=block_q,
-                                             mean_keys=keys), d, dtype, arch)
+        verdict = ops._long_rows(MaskKernelArgs(index, index[..., None], block_q=block_q, block_k=block_q,
+                                                mean_keys=keys), d)  # (where torch.compile traces)
+        return int(ops._takes_pass(verdict, d, dtype, arch))  # (in the op, on its device)
 
     assert long_rows(128, 1024.0) == 1 and long_rows(256, 4096.0) == 1
     assert long_rows(128, 1000.0) == 0
@@ -1153,7 +1154,7 @@ def test_masks_take_the_fixed_offset_pass_with_long_rows_in_big_blocks_or_split_
     assert long_rows(64, 1068.5, d=80) == 1 and long_rows(64, 380.0, d=80) == 0  # vit_h's 25% / 10% recipes
     monkeypatch.delenv("SAMSPARSE_TRITON_REGCAP")
     assert long_rows(128, 0.0) == 0  # a mask whose average is not known (built per call on the GPU)
-    assert ops._long_rows(MaskKernelArgs(), 80, torch.bfloat16, 90) == 0  # dense calls: the pass is their default
+    assert ops._long_rows(MaskKernelArgs(), 80) == 0  # dense calls: the pass is their default
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "1792")  # the eleventh session's threshold
     assert long_rows(128, 1024.0) == 0 and long_rows(128, 2048.0) == 1
     monkeypatch.setenv("SAMSPARSE_TRITON_PASS_MIN_KEYS", "lots")

@@ -617,14 +617,17 @@ PASS_MIN_KEYS = 1024
 PASS_MIN_QUERIES = 128
 
 
-def _long_rows(m: MaskKernelArgs, head_dim: int, dtype: torch.dtype, arch: int) -> int:
-    """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0 (and for dense calls)."""
+UNLESS_CAPPED = 2  # _long_rows: the pass, unless the 64-row tiles' register cap applies (``_takes_pass``)
+
+
+def _long_rows(m: MaskKernelArgs, head_dim: int) -> int:
+    """1 when a mask's calls take the fixed-offset pass (see PASS_MIN_KEYS), else 0 (and for dense calls);
+    ``UNLESS_CAPPED`` for short query blocks at a split head dim, which the op resolves on its device
+    (``_takes_pass``: this runs where ``torch.compile`` traces, the device query does not)."""
     if m.kv_num_blocks is None or m.mean_keys < 1:
         return 0  # dense, or a mask whose average is not known without a host sync
-    if m.block_q < PASS_MIN_QUERIES and (
-        head_dim_split(head_dim)[1] == 0 or _register_cap(1, 0, 64, 4, head_dim, dtype, arch)
-    ):
-        return 0  # short query blocks: 64-row tiles, where the running max is as fast (capped, at d=80)
+    if m.block_q < PASS_MIN_QUERIES and head_dim_split(head_dim)[1] == 0:
+        return 0  # short query blocks: 64-row tiles, where the running max is as fast
     min_keys = os.environ.get("SAMSPARSE_TRITON_PASS_MIN_KEYS", "").strip()
     try:
         threshold = float(min_keys) if min_keys else PASS_MIN_KEYS
@@ -633,7 +636,18 @@ def _long_rows(m: MaskKernelArgs, head_dim: int, dtype: torch.dtype, arch: int) 
             f"SAMSPARSE_TRITON_PASS_MIN_KEYS must be a number of key tokens (e.g. 1024), got {min_keys!r}; "
             "unset it for the default"
         ) from None
-    return int(m.mean_keys >= threshold)
+    if m.mean_keys < threshold:
+        return 0
+    return 1 if m.block_q >= PASS_MIN_QUERIES else UNLESS_CAPPED
+
+
+def _takes_pass(long_rows: int, head_dim: int, dtype: torch.dtype, arch: int) -> bool:
+    """Whether a masked call with ``_long_rows``'s verdict takes the fixed-offset pass on an sm_<arch> GPU:
+    short query blocks at a split head dim keep the running max where their 64-row tiles are register-capped
+    (as fast as the pass per row there, with a lower fixed cost)."""
+    if long_rows == UNLESS_CAPPED:
+        return not _register_cap(1, 0, 64, 4, head_dim, dtype, arch)
+    return bool(long_rows)
 
 
 def _pick_config(geo: _Geometry, device: torch.device, run, override: TileConfig | None) -> TileConfig:
@@ -769,7 +783,7 @@ def _attention_impl(
         gkey = (b, h, hkv, nq, nk, d, q.dtype, masked, layout, block_q, block_k,
                 kv_num_blocks.shape[2] if masked else 0, kv_indices.shape[3] if masked else 0,
                 tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program,
-                masked and bool(long_rows))
+                masked and _takes_pass(long_rows, d, q.dtype, _device_arch(q.device)))
         geo = _GEOMETRIES.get(gkey)
         if geo is None:
             geo = _Geometry(
@@ -798,7 +812,7 @@ def _attention_impl(
 
 # Op form of :func:`_attention_impl` (layout 0 = sequence, 1 = tiles; block_m <= 0: autotuned config;
 # rel_toeplitz = 1: the tables are ``RelPos.toeplitz``; long_rows = 1: the mask's calls take the fixed-offset
-# pass, see ``_long_rows``); the fake gives the outputs' shapes.
+# pass, 2: unless capped, see ``_long_rows`` and ``_takes_pass``); the fake gives the outputs' shapes.
 def _register_attention_op(name: str, impl):
     """``impl`` as the custom op ``samsparse::<name>``, whose fake gives ``empty_outputs(q)``'s shapes."""
     op = torch.library.custom_op(f"samsparse::{name}", impl, mutates_args=())
@@ -857,7 +871,7 @@ def attention(
     return fn(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, rh, rw, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, qg[0], qg[1], kg[0], kg[1],
-        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1], q.dtype, _device_arch(q.device)),
+        c.block_m, c.block_n, c.num_warps, c.num_stages, toeplitz, _long_rows(m, q.shape[-1]),
     )
 
 
