@@ -5,9 +5,9 @@
 Shape: SAM's global attention (``--model vit_b``: H=12, d=64; ``vit_h``: H=16, d=80), B=8, 64x64 tokens,
 bf16, q/k/v strided views of one qkv projection, rel-pos terms ready. Masks: dense, hierarchical recipes
 with 1x64 and 8x16 tiles (vit_h: 1x64 at 25% and 10%; the running max, capped at 168 registers by
-default since the thirteenth session: "none" removes that cap), each at its tuned tile configs. For each register cap (``--caps``, default none, 232,
-200, 168, 136, 128) prints the GPU time (CUDA-graph replay), the registers and spills of the compiled
-kernel, and the max difference from the uncapped output. ``scripts/kernel_resources.py --maxnreg N``
+default since the thirteenth session: "none" removes that cap), each at its tuned tile configs. For each
+register cap (``--caps``, default none, 232, 200, 168, 136, 128) prints the GPU time (CUDA-graph
+replay), the registers and spills of the compiled kernel, and the max difference from the uncapped output. ``scripts/kernel_resources.py --maxnreg N``
 shows offline what a cap does to registers, spills and CTAs per SM.
 Result of the fifth session on an H100 (vit_b, before the fixed-offset pass): no cap helped (see
 samsparse/backends/triton/NOTES.md).

@@ -646,7 +646,7 @@ def _takes_pass(long_rows: int, head_dim: int, dtype: torch.dtype, arch: int) ->
     short query blocks at a split head dim keep the running max where their 64-row tiles are register-capped
     (as fast as the pass per row there, with a lower fixed cost)."""
     if long_rows == UNLESS_CAPPED:
-        return not _register_cap(1, 0, 64, 4, head_dim, dtype, arch)
+        return not _register_cap(rows=1, rel_dot=0, block_m=64, num_warps=4, head_dim=head_dim, dtype=dtype, arch=arch)
     return bool(long_rows)
 
 
