@@ -33,8 +33,9 @@ for _p in (str(ROOT), str(ROOT / "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-STAGES = ["build", "correct", "bench", "memcheck", "pytest", "racecheck"]
-TIMEOUTS = {"build": 420, "correct": 300, "bench": 300, "memcheck": 420, "pytest": 300, "racecheck": 420}
+STAGES = ["build", "correct", "bench", "memcheck", "memcheck90", "pytest", "racecheck"]
+TIMEOUTS = {"build": 420, "correct": 300, "bench": 300, "memcheck": 420, "memcheck90": 300, "pytest": 300,
+            "racecheck": 420}
 
 
 def out_dir() -> Path | None:
@@ -237,6 +238,17 @@ def stage_bench() -> int:
             torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
             return out_k
 
+        geom_wg = [0] * 13 + [1]
+
+        def cuda_raw_wgmma():
+            torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom_wg)
+            return out_k
+
+        blocks64 = torch.rand(1, h, n // 64, n // 64, generator=torch.Generator().manual_seed(3)) < 0.25
+        blocks64 |= torch.eye(n // 64, dtype=torch.bool)
+        sparse64 = BlockMask(blocks64, 64, n).to("cuda")
+        dens64 = sparse64.density()
+        wg = {cuda_ops.KERNEL_ENV: "wgmma"}  # the Hopper kernel (compute capability 9.0 only)
         contenders = [
             ("sdpa_cudnn (no bias)", sdpa_on("CUDNN_ATTENTION"), 1.0, "flash"),
             ("sdpa_flash (no bias)", sdpa_flash, 1.0, None),
@@ -244,9 +256,22 @@ def stage_bench() -> int:
             ("cuda kernel only (no bias)", cuda_raw, 1.0, "flash"),
             ("cuda rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias"),
             ("cuda rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias"),
-            (f"cuda sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, None),
+            (f"cuda sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse"),
+            (f"cuda sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
+             "sparse64"),
             ("sdpa + materialised bias", sdpa_bias, 1.0, "bias"),
         ]
+        if torch.cuda.get_device_capability() == (9, 0):
+            contenders += [
+                ("wgmma (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", wg),
+                ("wgmma kernel only (no bias)", cuda_raw_wgmma, 1.0, "flash", wg),
+                ("wgmma rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", wg),
+                ("wgmma rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias", wg),
+                (f"wgmma sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse",
+                 wg),
+                (f"wgmma sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
+                 "sparse64", wg),
+            ]
 
         def rp_fresh():
             return RelPos(rp_tab.q_grid, rp_tab.k_grid, rp_tab.rh, rp_tab.rw)
@@ -262,17 +287,30 @@ def stage_bench() -> int:
         except Exception as exc:  # noqa: BLE001
             say(f"sdpa flash failed: {exc}")
         refs["bias"] = sdpa_bias()
+        # sparse rows: against the mma.sync kernel (verified on the shared grid) on the same mask
+        refs["sparse"] = cuda_ops.attention(q, k, v, sparse, rp_terms)[0].clone()
+        refs["sparse64"] = cuda_ops.attention(q, k, v, sparse64, rp_terms)[0].clone()
         base_ms = None
-        for name, fn, density, ref in contenders:
+        for name, fn, density, ref, *env in contenders:
+            saved = {key: os.environ.get(key) for key in (env[0] if env else {})}
+            os.environ.update(env[0] if env else {})
             try:
                 out = fn()
                 torch.cuda.synchronize()
                 err = float((out.float() - refs[ref].float()).abs().max()) if ref in refs else float("nan")
                 ms = timer(fn)
+                if name.startswith("wgmma") and "kernel only" not in name and cuda_ops.last_launch()["kernel"] != "wgmma":
+                    raise RuntimeError(f"ran {cuda_ops.last_launch()}, not the wgmma kernel")
             except Exception as exc:  # noqa: BLE001
                 say(f"d={d} {name}: FAILED {type(exc).__name__}: {exc}")
                 rows.append({"d": d, "h": h, "name": name, "error": str(exc)})
                 continue
+            finally:
+                for key, val in saved.items():
+                    if val is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = val
             tflops = flops * density / (ms * 1e-3) / 1e12
             if name.startswith("sdpa_") and "(no bias)" in name:
                 base_ms = ms if base_ms is None else min(base_ms, ms)  # the fastest SDPA path is the ceiling
@@ -316,7 +354,8 @@ def stage_bench() -> int:
         ratio = f"{r['vs_flash']:.3f}" if r.get("vs_flash") else "-"
         say(f"{r['d']:>3} {r['h']:>3}  {r['name']:<30} {r['ms']:8.3f} {r['tflops']:8.1f} {ratio:>12} {r['max_err']:9.2e}")
     say("(x flash thr. = throughput relative to the fastest SDPA without bias (cuDNN or flash), same d; for sparse rows the "
-        "useful FLOPs only; max err vs SDPA flash (no bias) or SDPA with the materialised bias)")
+        "useful FLOPs only; max err vs SDPA flash (no bias), SDPA with the materialised bias, or for sparse rows the "
+        "mma.sync kernel on the same mask)")
     save("cuda_bench.json", rows)
     return 0
 
@@ -347,7 +386,7 @@ def run_sub(name: str, cmd: list[str], timeout: int) -> tuple[int, float]:
     t0 = time.perf_counter()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    if name in ("memcheck", "racecheck"):
+    if name in ("memcheck", "memcheck90", "racecheck"):
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"  # exact allocation bounds for the sanitizer
     try:
         proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -419,14 +458,14 @@ def driver(args) -> int:
         timeout = TIMEOUTS[stage]
         if stage in ("build", "correct", "bench"):
             rc, dt = run_sub(stage, me + ["--stage", stage], timeout)
-        elif stage in ("memcheck", "racecheck"):
+        elif stage in ("memcheck", "memcheck90", "racecheck"):
             san = _sanitizer()
             if san is None:
                 say(f"\n===== {stage}: compute-sanitizer not found, skipped")
                 summary[stage] = "skipped (no compute-sanitizer)"
                 continue
-            extra = ["--small"] if stage == "racecheck" else []
-            tool = ["--tool", stage, "--error-exitcode", "3", "--print-limit", "20"]
+            extra = {"racecheck": ["--small"], "memcheck90": ["--wgmma"]}.get(stage, [])
+            tool = ["--tool", "memcheck" if stage == "memcheck90" else stage, "--error-exitcode", "3", "--print-limit", "20"]
             if stage == "racecheck":
                 tool += ["--racecheck-report", "hazard"]
             rc, dt = run_sub(stage, [san, *tool, sys.executable, str(ROOT / "scripts" / "cuda_memcheck_case.py"), *extra],

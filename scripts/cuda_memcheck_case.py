@@ -2,10 +2,12 @@
 
     compute-sanitizer --tool memcheck --error-exitcode 3 python scripts/cuda_memcheck_case.py
     compute-sanitizer --tool racecheck --error-exitcode 3 python scripts/cuda_memcheck_case.py --small
+    compute-sanitizer --tool memcheck --error-exitcode 3 python scripts/cuda_memcheck_case.py --wgmma
 
 Covers: dense without bias, masks in both layouts (partial tiles, empty rows,
 broadcast), every bias mode (generic, runs of 16 / 32 / 64), head dims 32, 64,
-80, 128, 256 and zero-padded ones (16, 96), GQA, strided inputs, varlen. Each
+80, 128, 256 and zero-padded ones (16, 96), GQA, strided inputs, varlen; ``--wgmma``:
+the Hopper kernel's calls (SAMSPARSE_CUDA_KERNEL=wgmma, compute capability 9.0). Each
 call is checked loosely against the reference so a wrong-but-clean run also
 shows. The extension must already be built (cached): run
 ``python -m samsparse.backends.cuda.build --arch 9.0`` or any GPU call first,
@@ -15,6 +17,7 @@ or the sanitizer will time the build too.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +47,13 @@ CASES = [
     Case(1, 4, 2, (9, 11), 96, "fp16", mask="random", block=64, rel="none", seed=8),        # GQA, d=96->128
 ]
 SMALL = [0, 1, 3, 5]
+# --wgmma (compute capability 9.0): the Hopper kernel's calls, 64- and 128-row tiles
+WGMMA_CASES = [
+    Case(1, 2, 2, (10, 20), 80, "bf16", mask="none", rel="none"),                           # no bias, partial tile
+    Case(1, 2, 2, (4, 64), 64, "fp16", mask="random", block=64, rel="tables", seed=11),     # run-64, 64-row tiles
+    Case(1, 2, 2, (4, 64), 80, "bf16", mask="random", block=128, rel="terms", seed=12),     # run-64, 128-row tiles
+    Case(1, 4, 2, (7, 11), 64, "bf16", mask="empty", block=32, rel="none", seed=13),        # GQA, empty rows
+]
 
 
 def main() -> int:
@@ -54,10 +64,18 @@ def main() -> int:
         print("cuda_memcheck_case.py needs a CUDA GPU (run it under compute-sanitizer on a GPU machine)", file=sys.stderr)
         return 2
     small = "--small" in sys.argv
+    cases = list(enumerate(CASES))
+    if "--wgmma" in sys.argv:
+        if torch.cuda.get_device_capability() != (9, 0):
+            print("--wgmma needs a compute capability 9.0 GPU (H100/H200)", file=sys.stderr)
+            return 2
+        os.environ[ops.KERNEL_ENV] = "wgmma"  # read by every call; calls it does not serve run mma.sync
+        cases = [(i, c) for i, c in enumerate(WGMMA_CASES)]
+        small = False
     cb = CudaBackend()
     worst = 0.0
     failures = 0
-    for i, case in enumerate(CASES):
+    for i, case in cases:
         if small and i not in SMALL:
             continue
         q, k, v, mask, rel_pos = make_inputs(case, "cuda")
@@ -68,7 +86,8 @@ def main() -> int:
             continue
         out, lse = cb.attend(q, k, v, mask, rel_pos, return_lse=True)
         torch.cuda.synchronize()
-        mode = ops.last_launch()["bias_mode"]
+        launch = ops.last_launch()
+        mode = f"{launch['bias_mode']} kernel={launch['kernel']}"
         ref = reference_attention(q, k, v, mask, rel_pos)
         err = float((out.double() - ref.double()).abs().max())
         worst = max(worst, err)

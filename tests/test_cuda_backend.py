@@ -216,12 +216,16 @@ def test_compile_traces_without_running():
 
 
 # ============================================================================ CPU: tile model of the kernel
-def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None):
+def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None, fold_height=False):
     """The kernel's algorithm at tile level, in float64 (mirror of csrc/fwd_kernel.cuh).
 
     Same CTA tiling, query/key token tables, bias-mode choice (run_fwd_hd), bias
     lookups in the staged rel-pos rows (with the kernel's strides, clamps and bounds),
     masks and base-2 online softmax. Returns (out, lse, modes used).
+
+    ``fold_height``: the run-64 softmax of the Hopper kernel (csrc/fwd_sm90.cuh): the logits
+    take only the width term (x = s * scale + rel_w), the tile's one height value per row
+    enters through the row max (m = max(x) + rel_h) and the exponent's offset.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -366,11 +370,15 @@ def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None):
                         assert torch.equal(rows_tok[ok], toks[ok]) and bool((toks[~ok] < 0).all()), "run geometry"
                         bias = relh_s[:, hidx] + relw_s[:, widx]
                         x = torch.where(ok[None], s * scale + bias, torch.tensor(float("-inf"), dtype=torch.float64))
-                    mx = x.max(1).values
+                    height = torch.zeros(bm, dtype=torch.float64)
+                    if fold_height and mode == 64:
+                        height = relh_s[:, min(row0, rgh - 1)]  # one key-grid row per tile
+                        x = x - height[:, None]  # the kernel never adds it to the logits
+                    mx = x.max(1).values + height  # -inf stays -inf
                     m_new = torch.maximum(m_i, mx)
                     m_use = torch.where(torch.isinf(m_new) & (m_new < 0), torch.zeros_like(m_new), m_new)
                     alpha = torch.exp2((m_i - m_use) * mult)
-                    p = torch.exp2(x * mult - (m_use * mult)[:, None])
+                    p = torch.exp2(x * mult + ((height - m_use) * mult)[:, None])
                     l_i = l_i * alpha + p.sum(1)
                     acc = acc * alpha[:, None] + p @ V
                     m_i = m_new
@@ -420,6 +428,25 @@ def test_tile_model_matches_reference(case):
         assert float((lse[fin] - ref_lse[fin].double()).abs().max()) < 1e-5
 
 
+FOLD_CASES = [c for c in MODEL_CASES if c.grid[1] == 64 and c.mask in ("none", "random")] + [
+    Case(1, 2, 2, (3, 64), 80, mask="empty", block=64, rel="terms", seed=18),
+]
+
+
+@pytest.mark.parametrize("case", FOLD_CASES, ids=[c.id for c in FOLD_CASES])
+def test_tile_model_with_folded_height_term_matches_reference(case):
+    """The wgmma kernel's run-64 softmax (height term through the row max) is the same attention."""
+    q, k, v, mask, rel_pos = make_inputs(case)
+    ref, ref_lse = reference_attention(q, k, v, mask, rel_pos, return_lse=True)
+    out, lse, mode = _model_attention(q, k, v, mask, rel_pos, fold_height=True)
+    assert mode == 64
+    assert float((out - ref.double()).abs().max()) < 1e-5
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(fin, torch.isfinite(lse))
+    if fin.any():
+        assert float((lse[fin] - ref_lse[fin].double()).abs().max()) < 1e-5
+
+
 def test_tile_model_covers_every_bias_mode():
     modes = set()
     for case in MODEL_CASES:
@@ -455,9 +482,10 @@ def _nvcc() -> str | None:
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
-@pytest.mark.parametrize("unit,arch", [("fwd_bf16_hd64.cu", "90"), ("fwd_fp16_hd80.cu", "80")])
+@pytest.mark.parametrize("unit,arch", [("fwd_bf16_hd64.cu", "90"), ("fwd_fp16_hd80.cu", "80"), ("fwd_bf16_hd80.cu", "90a")])
 def test_kernel_unit_compiles(tmp_path, unit, arch):
-    """One kernel translation unit (all its bias modes; no torch headers) compiles for sm_90 / sm_80."""
+    """One kernel translation unit (all its bias modes; no torch headers) compiles for sm_90 / sm_80,
+    and for sm_90a with the Hopper kernels (wgmma) free of register spills."""
     cmd = [
         _nvcc(), "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-Xptxas=-v",
         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
@@ -475,6 +503,43 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
     spills = [int(x) for x in __import__("re").findall(r"(\d+) bytes spill stores", proc.stderr)]
     assert max(spills, default=0) <= 128, f"register spills: {spills}"
     assert seconds < 120
+    if arch == "90a":
+        # ptxas -v: per kernel "Compiling entry function '<name>'", then its spill line
+        blocks = proc.stderr.split("Compiling entry function")[1:]
+        hopper = [b for b in blocks if "attn_fwd_sm90_kernel" in b.split("\n", 1)[0]]
+        assert len(hopper) == 4, "the Hopper kernel: no bias and run-64 bias, 64- and 128-row tiles"
+        for b in hopper:
+            spill = int(__import__("re").search(r"(\d+) bytes spill stores", b).group(1))
+            assert spill <= 16, b[:600]
+        assert "C7515" not in proc.stderr  # ptxas serialised the wgmma sequence
+
+
+def test_builds_for_9_0_compile_sm_90a():
+    assert build.compile_archs(["8.0", "9.0"]) == ["8.0", "9.0a"]
+    assert build.compile_archs(["9.0+PTX"]) == ["9.0a", "9.0+PTX"]
+    assert build.compile_archs(["8.6", "8.0"]) == ["8.6", "8.0"]
+
+
+def test_kernel_variant_choice(monkeypatch):
+    dev = torch.device("cuda", 0)
+    monkeypatch.setitem(ops._CAPABILITIES, 0, (9, 0))
+    monkeypatch.delenv(ops.KERNEL_ENV, raising=False)
+    assert ops.kernel_variant(dev) == 0  # mma.sync until the wgmma kernel's GPU runs are recorded
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    assert ops.kernel_variant(dev) == 1
+    assert ops.kernel_variant(torch.device("cpu")) == 0
+    monkeypatch.setitem(ops._CAPABILITIES, 0, (8, 0))
+    assert ops.kernel_variant(dev) == 0  # sm_90a code runs on compute capability 9.0 only
+    monkeypatch.setenv(ops.KERNEL_ENV, "hopper")
+    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_KERNEL"):
+        ops.kernel_variant(dev)
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    monkeypatch.setitem(ops._CAPABILITIES, 0, (9, 0))
+    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, "64")
+    assert ops._kernel_args(dev) == [1, 64]
+    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, "96")
+    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_WGMMA_ROWS"):
+        ops._kernel_args(dev)
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
@@ -552,6 +617,35 @@ def test_gpu_extra_cases():
     assert not bad, bad
 
 
+HOPPER = HAS_GPU and torch.cuda.get_device_capability() == (9, 0)
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (H100/H200)")
+
+# Calls the wgmma kernel serves (head dim 64/80, sequence layout, no bias or 64-wide key rows)
+WGMMA_CASES = [
+    c for c in GPU_CASES
+    if ops.kernel_head_dim(c.d) in (64, 80) and c.dtype != "fp32" and c.mask != "tiles" and (c.rel == "none" or c.grid[1] == 64)
+] + [
+    Case(2, 2, 2, (64, 64), 64, "bf16", mask="random", block=64, rel="tables", seed=70, density=0.25),  # SAM 1x64
+    Case(2, 2, 2, (64, 64), 80, "fp16", mask="random", block=64, rel="terms", strided=True, seed=71),
+    Case(1, 2, 2, (8, 64), 80, "bf16", mask="empty", block=64, rel="tables", seed=72),
+    Case(2, 4, 2, (16, 64), 64, "fp16", mask="none", rel="tables", seed=73),  # GQA, 1024 keys
+    Case(1, 2, 2, (9, 15), 80, "bf16", mask="none", rel="none", seed=74),  # partial tiles
+    Case(1, 2, 1, (7, 11), 64, "fp16", mask="random", block=32, rel="none", seed=75),  # bk < tile
+]
+
+
+@gpu
+@needs_hopper
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=[c.id for c in WGMMA_CASES])
+@pytest.mark.parametrize("rows", ["", "64", "128"])
+def test_gpu_wgmma_matches_reference(case, rows, monkeypatch):
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, rows)
+    res = run_case(case)
+    assert res["ok"], f"{case.id}: " + "; ".join(res["problems"]) + f" {res}"
+    assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()
+
+
 def _varlen_case(dtype=torch.float16, sparse=True, h=4, hkv=2, d=64):
     g = torch.Generator().manual_seed(5)
     lens_q, lens_k, bs = [19, 140, 7, 0], [19, 133, 250, 5], 64
@@ -570,9 +664,14 @@ def _varlen_case(dtype=torch.float16, sparse=True, h=4, hkv=2, d=64):
 
 @gpu
 @needs_gpu
+@pytest.mark.parametrize("kernel", ["mma", "wgmma"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_gpu_varlen(sparse):
+def test_gpu_varlen(sparse, kernel, monkeypatch):
     from samsparse.backends.cuda import cuda_varlen_attention
+
+    if kernel == "wgmma" and not HOPPER:
+        pytest.skip("the wgmma kernel needs a compute capability 9.0 GPU")
+    monkeypatch.setenv(ops.KERNEL_ENV, kernel)
 
     q, k, v, cu_q, cu_k, lens_q, lens_k, bs, blocks = _varlen_case(sparse=sparse)
     kv_num = kv_idx = None
@@ -581,6 +680,7 @@ def test_gpu_varlen(sparse):
         kv_num, kv_idx = idx.kv_num_blocks, idx.kv_indices
     out, lse = cuda_varlen_attention(q, k, v, cu_q.cuda(), cu_k.cuda(), max(lens_q), max(lens_k), kv_num, kv_idx,
                                      block_size=bs, return_lse=True)
+    assert ops.last_launch()["kernel"] == kernel
     for i in range(len(lens_q)):
         qs, ks = slice(int(cu_q[i]), int(cu_q[i + 1])), slice(int(cu_k[i]), int(cu_k[i + 1]))
         if lens_q[i] == 0:

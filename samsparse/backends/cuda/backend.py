@@ -11,6 +11,7 @@ never at import or while tracing.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "kernel_head_dim",
     "smem_bytes",
     "last_launch",
+    "kernel_variant",
 ]
 
 KERNEL_HEAD_DIMS = (32, 64, 80, 128, 256)
@@ -84,13 +86,51 @@ def device_smem_limit(device: torch.device) -> int:
 
 
 def last_launch() -> dict:
-    """Bias mode and shared memory of the last launch in this thread (diagnostics)."""
+    """Bias mode, shared memory and kernel (``"mma"`` or ``"wgmma"``) of the last launch in this thread."""
     from . import build
 
     build.require()
-    mode, smem = torch.ops.samsparse_cuda.last_launch()
+    mode, smem, variant = torch.ops.samsparse_cuda.last_launch()
     names = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
-    return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem)}
+    kernels = {0: "mma", 1: "wgmma"}
+    return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem),
+            "kernel": kernels.get(int(variant), str(variant))}
+
+
+KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
+WGMMA_ROWS_ENV = "SAMSPARSE_CUDA_WGMMA_ROWS"
+_KERNEL_CHOICES = ("mma", "wgmma")
+_CAPABILITIES: dict = {}
+
+
+def kernel_variant(device: torch.device) -> int:
+    """Kernel the extension is asked for on ``device``: 1 (wgmma, fwd_sm90.cuh) or 0 (mma.sync).
+
+    ``SAMSPARSE_CUDA_KERNEL=wgmma`` asks for the Hopper kernel on compute capability 9.0 devices; it
+    serves head dims 64 and 80 in the sequence layout without bias or with SAM's global rel-pos, and
+    the mma.sync kernel runs every other call. The default, ``mma``, is the kernel verified on GPUs;
+    the wgmma one becomes the default once its GPU grid and timings are recorded.
+    """
+    choice = os.environ.get(KERNEL_ENV, "mma").strip().lower() or "mma"
+    if choice not in _KERNEL_CHOICES:
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(_KERNEL_CHOICES)}")
+    if choice != "wgmma" or device.type != "cuda":
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = _CAPABILITIES.get(index)
+    if cap is None:
+        cap = _CAPABILITIES[index] = torch.cuda.get_device_capability(index)
+    return 1 if cap == (9, 0) else 0
+
+
+def _kernel_args(device: torch.device) -> list[int]:
+    """The extension's kernel fields: [variant, wgmma rows] (rows: 0 the kernel's rule, 64 or 128
+    forced by ``SAMSPARSE_CUDA_WGMMA_ROWS``, for A/B timings)."""
+    variant = kernel_variant(device)
+    rows = os.environ.get(WGMMA_ROWS_ENV, "").strip()
+    if rows not in ("", "0", "64", "128"):
+        raise ValueError(f"{WGMMA_ROWS_ENV}={rows!r}: use 64 or 128 (or leave it unset)")
+    return [variant, int(rows or 0)]
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -147,7 +187,7 @@ def _cuda_attention_op(
         int(kv_num_blocks.shape[2]) if masked else 0,
         int(tile_grid_h), int(tile_grid_w), int(tile_h), int(tile_w),
         int(rel_k_grid_h) if rel_h is not None else 0, int(rel_k_grid_w) if rel_h is not None else 0,
-        0, 0, 0,
+        0, 0, 0, *_kernel_args(q.device),
     ]
     with torch.cuda.device(q.device):
         torch.ops.samsparse_cuda.fwd(
@@ -222,7 +262,8 @@ def _cuda_varlen_op(
     build.require()
     masked = kv_num_blocks is not None
     mq = math.ceil(max_seqlen_q / block_q) if masked else 0
-    geom = [LAYOUT_SEQUENCE, int(block_q), int(block_k), mq, 0, 0, 0, 0, 0, 0, batch, int(max_seqlen_q), int(max_seqlen_k)]
+    geom = [LAYOUT_SEQUENCE, int(block_q), int(block_k), mq, 0, 0, 0, 0, 0, 0, batch, int(max_seqlen_q), int(max_seqlen_k),
+            *_kernel_args(q.device)]
     # packed [total, H, D] seen as [1, H, total, D]; LSE [H, total] as [1, H, total]
     q4 = _aligned(q).unsqueeze(0).transpose(1, 2)
     k4 = _aligned(k).unsqueeze(0).transpose(1, 2)

@@ -22,6 +22,8 @@ Environment:
 - ``SAMSPARSE_CUDA_ARCH`` — architecture list for builds (``"9.0"``, ``"8.0;9.0"``);
   default: the local GPU's for JIT builds, ``8.0;9.0`` ahead of time.
 - ``SAMSPARSE_CUDA_BUILD=0`` — never compile; use a cached build or report why not.
+- ``SAMSPARSE_CUDA_KERNEL`` — ``mma`` (default) or ``wgmma`` (the Hopper kernel where it applies,
+  see :func:`samsparse.backends.cuda.backend.kernel_variant`). Builds for 9.0 compile sm_90a.
 - ``MAX_JOBS`` — parallel compile jobs (torch's cpp_extension).
 """
 
@@ -174,6 +176,21 @@ def _norm_archs(archs: str) -> list[str]:
     return out
 
 
+def compile_archs(archs: list[str]) -> list[str]:
+    """The TORCH_CUDA_ARCH_LIST entries a build for ``archs`` compiles: 9.0 as 9.0a.
+
+    The Hopper kernel (``csrc/fwd_sm90.cuh``) uses wgmma, which needs the arch-specific sm_90a target;
+    an sm_90a binary runs on exactly the devices an sm_90 one does (compute capability 9.0). A
+    ``9.0+PTX`` request keeps its PTX for later GPUs next to the sm_90a binary.
+    """
+    out: list[str] = []
+    for a in archs:
+        for c in (("9.0a", "9.0+PTX") if a == "9.0+PTX" else ("9.0a",) if a == "9.0" else (a,)):
+            if c not in out:
+                out.append(c)
+    return out
+
+
 def _arch_tag(archs: list[str]) -> str:
     return "_".join(a.replace(".", "").replace("+PTX", "p") for a in archs)
 
@@ -311,7 +328,7 @@ def _compile(archs: list[str], verbose: bool) -> Path:
     build_dir.mkdir(parents=True, exist_ok=True)
     log_path = build_dir / "build.log"
     old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(compile_archs(archs))
     old_home = cpp_extension.CUDA_HOME
     home = cuda_home()
     if home:

@@ -783,7 +783,7 @@ def _attention_impl(
         gkey = (b, h, hkv, nq, nk, d, q.dtype, masked, layout, block_q, block_k,
                 kv_num_blocks.shape[2] if masked else 0, kv_indices.shape[3] if masked else 0,
                 tile_grid_h, tile_grid_w, tile_h, tile_w, has_rel, rel_k_grid_h, rel_k_grid_w, rel_dtype_ok, in_program,
-                masked and _takes_pass(long_rows, d, q.dtype, _device_arch(q.device)))
+                masked and _takes_pass(long_rows, d, q.dtype, _device_arch(q.device) if long_rows == UNLESS_CAPPED else 0))
         geo = _GEOMETRIES.get(gkey)
         if geo is None:
             geo = _Geometry(

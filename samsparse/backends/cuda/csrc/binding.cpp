@@ -20,6 +20,7 @@ namespace {
 
 thread_local int64_t g_last_bias_mode = -1;
 thread_local int64_t g_last_smem = -1;
+thread_local int64_t g_last_variant = -1;
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
@@ -57,7 +58,8 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
   check_qkv(out, "out", q);
-  TORCH_CHECK(geom.size() == 13, "samsparse_cuda::fwd: geom must have 13 ints, got ", geom.size());
+  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 15, "samsparse_cuda::fwd: geom must have 13 to 15 ints, got ",
+              geom.size());
   const int64_t D = q.size(3);
   TORCH_CHECK(D % 8 == 0 && D > 0 && D <= 256 && kernel_head_dim(static_cast<int>(D)) > 0,
               "samsparse_cuda::fwd: head dim ", D, " unsupported (multiple of 8, at most 256)");
@@ -123,6 +125,10 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   p.tw = to_int(geom[7], "tile w");
   p.rgh = to_int(geom[8], "rel grid h");
   p.rgw = to_int(geom[9], "rel grid w");
+  p.variant = geom.size() > 13 ? to_int(geom[13], "kernel variant") : 0;
+  p.wgmma_rows = geom.size() > 14 ? to_int(geom[14], "wgmma rows") : 0;
+  TORCH_CHECK(p.wgmma_rows == 0 || p.wgmma_rows == 64 || p.wgmma_rows == 128,
+              "samsparse_cuda::fwd: wgmma rows must be 0, 64 or 128, got ", p.wgmma_rows);
 
   TORCH_CHECK(kv_num.has_value() == kv_idx.has_value(), "samsparse_cuda::fwd: give both kv_num and kv_idx, or neither");
   if (kv_num.has_value()) {
@@ -178,6 +184,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   const char* err = run_fwd(p, dtype == at::kBFloat16, stream);
   g_last_bias_mode = p.bias_mode;
   g_last_smem = p.smem_bytes;
+  g_last_variant = p.variant;
   TORCH_CHECK(err == nullptr, "samsparse cuda attention kernel: ", err);
 }
 
@@ -188,7 +195,7 @@ int64_t smem_bytes(int64_t head_dim, int64_t bias_mode, int64_t rgh, int64_t rgw
 
 int64_t compiled_head_dim(int64_t head_dim) { return kernel_head_dim(static_cast<int>(head_dim)); }
 
-std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem}; }
+std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem, g_last_variant}; }
 
 }  // namespace
 }  // namespace samsparse

@@ -1,5 +1,5 @@
 // Forward kernels for bf16, head dim 128 (one translation unit per dtype x head dim: parallel builds).
-#include "fwd_kernel.cuh"
+#include "fwd_sm90.cuh"
 
 namespace samsparse {
 const char* run_fwd_bf16_hd128(FwdParams& p, void* stream) { return fwd::run_fwd_hd<__nv_bfloat16, 128>(p, stream); }

@@ -1,5 +1,5 @@
 // Forward kernels for bf16, head dim 32 (one translation unit per dtype x head dim: parallel builds).
-#include "fwd_kernel.cuh"
+#include "fwd_sm90.cuh"
 
 namespace samsparse {
 const char* run_fwd_bf16_hd32(FwdParams& p, void* stream) { return fwd::run_fwd_hd<__nv_bfloat16, 32>(p, stream); }

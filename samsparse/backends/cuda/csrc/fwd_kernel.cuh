@@ -704,6 +704,9 @@ inline bool runs_fit(const FwdParams& p, int w, int block_n, bool dense) {
   return p.tw == w && p.rgh == p.tgh && p.rgw == p.tgw;
 }
 
+// The Hopper kernel (fwd_sm90.cuh) when it serves the call; *taken says whether it did.
+template <typename T, int D> const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken);
+
 template <typename T, int D>
 const char* run_fwd_hd(FwdParams& p, void* stream_ptr) {
   using C = Cfg<D>;
@@ -731,8 +734,16 @@ const char* run_fwd_hd(FwdParams& p, void* stream_ptr) {
     p.ntw = 1;
   }
   if (p.num_q_tiles <= 0 || p.batch <= 0 || p.heads <= 0) return nullptr;  // nothing to do
+  if (p.rel_h != nullptr && (p.rgh <= 0 || p.rgw <= 0 || p.rgh >= 32768 || p.rgw >= 65536)) {
+    return "rel-pos key grid out of range";
+  }
+  if (p.variant == kVariantSm90) {
+    bool taken = false;
+    const char* err = try_sm90<T, D>(p, stream, &taken);
+    if (taken) return err;
+  }
+  p.variant = kVariantMmaSync;
   if (p.rel_h == nullptr) return launch<T, D, kBiasNone>(p, stream);
-  if (p.rgh <= 0 || p.rgw <= 0 || p.rgh >= 32768 || p.rgw >= 65536) return "rel-pos key grid out of range";
   if constexpr (C::kBlockN >= 64) {
     if (runs_fit(p, 64, C::kBlockN, dense)) return launch<T, D, kBiasRun64>(p, stream);
   }

@@ -15,6 +15,11 @@ enum BiasMode : int {
   kBiasRun64 = 64,   // ... of 64 (SAM global attention: one key-grid row per tile)
 };
 
+enum KernelVariant : int {
+  kVariantMmaSync = 0,  // fwd_kernel.cuh: mma.sync (sm_80+)
+  kVariantSm90 = 1,     // fwd_sm90.cuh: wgmma (sm_90a)
+};
+
 struct FwdParams {
   // Tensors. q [B, H, Nq, D], k/v [B, Hkv, Nk, D], out like q: element strides for
   // batch, head and token (the head-dim stride is 1, pointers and strides 16-byte aligned).
@@ -57,6 +62,11 @@ struct FwdParams {
   int num_q_blocks = 0;                    // Mq of the mask (ignored when dense)
   int tgh = 0, tgw = 0, th = 0, tw = 0;    // tiles layout: token grid and tile
   int rgh = 0, rgw = 0;                    // rel-pos key grid (rgh * rgw == nk)
+
+  // Kernel variant: in, the one asked for (kVariantSm90: the Hopper kernel where it serves the
+  // call; only on sm_90 devices with an sm_90a build); out, the one that ran.
+  int variant = 0;
+  int wgmma_rows = 0;  // Hopper kernel's query rows per CTA: 0 its rule, 64 or 128 forced
 
   // Filled in by the launcher (outputs, for diagnostics).
   int bias_mode = 0;

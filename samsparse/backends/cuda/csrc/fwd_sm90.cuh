@@ -1,0 +1,584 @@
+// Hopper (sm_90a) variant of the forward kernel: warpgroup MMA (wgmma) for both products.
+//
+// Serves the calls of SAM's global attention (head dims 64 and 80, sequence layout, dense
+// or block-masked, no bias or the "run 64" rel-pos mode where a key tile is one row of the
+// 64-wide key grid); everything else runs on the mma.sync kernel of fwd_kernel.cuh.
+//
+//   * one CTA = 128 query rows of one (batch, head), two warpgroups of 64 rows each;
+//   * Q, K and V tiles live in shared memory in the wgmma "swizzled" layouts, filled with
+//     cp.async (token gather as in fwd_kernel.cuh) at the swizzled chunk positions:
+//     columns 0-63 as rows of 128 bytes (128-byte swizzle: 16-byte chunk c of row r at
+//     chunk c ^ (r % 8)), columns 64-79 (d = 80) as a second panel of 32-byte rows
+//     (32-byte swizzle: chunk c ^ ((r / 4) % 2));
+//   * S = Q K^T: wgmma m64n64k16, both operands from shared memory (K-major);
+//   * O += P V: wgmma m64nNk16 with P from registers (the S accumulator re-packed, the
+//     same fragment layout as mma.sync) and V from shared memory (MN-major, transposed);
+//   * run-64 bias: the width term rel_w[q, col] is the same for every key tile, so each
+//     thread keeps its 32 values in registers (packed pairs); the height term rel_h[q, row]
+//     is one value per row and step, folded into the row max (x = s * scale + rel_w,
+//     m = max(x) + rel_h, p = 2^((x + rel_h - m) * log2 e)): one FMA per logit for the bias.
+//
+// Accumulator layout of wgmma m64nN (f32): thread t of the warpgroup (warp w = t / 32,
+// lane l) holds, for n8 chunk j, d[4j + e] = C[16 w + l / 4 + 8 (e / 2)][8 j + 2 (l % 4) + e % 2].
+#pragma once
+
+#include "fwd_kernel.cuh"
+
+namespace samsparse {
+namespace fwd {
+namespace sm90 {
+
+constexpr int kBlockN = 64;  // keys per tile (one row of SAM's 64 x 64 key grid)
+// kWG warpgroups of 64 query rows per CTA: 1 (64 rows, 128 threads, up to 3 CTAs per SM; no idle
+// rows for masks of 64-token query blocks) or 2 (128 rows, 256 threads, one K/V tile feeds both).
+template <int kWG> struct Rows {
+  static constexpr int kBlockM = 64 * kWG;
+  static constexpr int kThreads = 128 * kWG;
+  static constexpr int kMinBlocks = kWG == 1 ? 3 : 1;
+};
+
+// Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
+template <int D> struct Panels {
+  static_assert(D == 64 || D == 80, "the Hopper kernel serves head dims 64 and 80");
+  static constexpr int kP1 = D - 64;                // columns in the second panel (0 or 16)
+  static constexpr int kRow0 = 128, kRow1 = kP1 * 2;  // bytes per row
+};
+
+// Shared memory map (offsets from a 1024-byte aligned base):
+//   [Q p0 | K0 p0 | K1 p0 | V0 p0 | V1 p0 | Q p1 | K0 p1 | K1 p1 | V0 p1 | V1 p1 | ints]
+// The output tile is staged in the K/V area (p0) after the loop.
+template <int D, int kWG> struct Smem {
+  using P = Panels<D>;
+  static constexpr int kBlockM = Rows<kWG>::kBlockM;
+  static constexpr int kQ0 = 0;
+  static constexpr int kK0 = kQ0 + kBlockM * P::kRow0;        // 2 stages of K, then 2 of V
+  static constexpr int kKV0Bytes = kBlockN * P::kRow0;         // one K or V tile, panel 0
+  static constexpr int kQ1 = kK0 + 4 * kKV0Bytes;
+  static constexpr int kK1 = kQ1 + kBlockM * P::kRow1;
+  static constexpr int kKV1Bytes = kBlockN * P::kRow1;
+  static constexpr int kInts = kK1 + 4 * kKV1Bytes;
+  static constexpr int kIntCount = kBlockM + 3 * kBlockN;      // query tokens, 3 x key tokens
+  static constexpr int kOStride = D + 8;                       // staged output row (elements)
+  static constexpr int kBytes = kInts + kIntCount * 4 + 1024;  // + slack to align the base
+  static_assert(kQ1 % 1024 == 0 && kK1 % 256 == 0 && kInts % 16 == 0, "panel alignment");
+  static_assert(kBlockM * kOStride * 2 <= 4 * kKV0Bytes, "output staging must fit in the K/V area");
+};
+
+// Byte offset of 16-byte chunk `c` of row `r` of a tile (panel 0 at base0, panel 1 at base1).
+template <int D>
+__device__ __forceinline__ uint32_t chunk_offset(uint32_t base0, uint32_t base1, int r, int c) {
+  if (c < 8) return base0 + r * 128 + ((c ^ (r & 7)) << 4);
+  const int c1 = c - 8;
+  return base1 + r * 32 + ((c1 ^ ((r >> 2) & 1)) << 4);
+}
+
+// ------------------------------------------------------------------------------ wgmma helpers
+// Shared-memory matrix descriptor: start address, leading / stride byte offsets, swizzle mode
+// (1: 128-byte, 3: 32-byte). Offsets are encoded >> 4.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint64_t swizzle) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (swizzle << 62);
+}
+// K-major operands (Q, K): 8-row groups 1024 bytes (128-byte rows) or 256 bytes (32-byte rows)
+// apart; the leading offset is unused for swizzled K-major layouts.
+__device__ __forceinline__ uint64_t desc_k128(uint32_t addr) { return make_desc(addr, 16, 1024, 1); }
+__device__ __forceinline__ uint64_t desc_k32(uint32_t addr) { return make_desc(addr, 16, 256, 3); }
+// MN-major operand (V, N = 64 or 16 = one swizzle atom wide): successive 8-key groups are one atom
+// (1024 or 256 bytes) apart. With a single atom along N only the K-direction offset is read; both
+// offsets carry it.
+__device__ __forceinline__ uint64_t desc_mn128(uint32_t addr) { return make_desc(addr, 1024, 1024, 1); }
+__device__ __forceinline__ uint64_t desc_mn32(uint32_t addr) { return make_desc(addr, 256, 256, 3); }
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Makes this thread's generic-proxy shared-memory writes (cp.async included, after its wait)
+// visible to the async proxy that wgmma reads shared memory through.
+// Orders reads of wgmma accumulators after the wait (the compiler sees the asm outputs as ready
+// when the wgmma is issued): every register passes through an empty volatile asm after the wait.
+template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+template <typename T> struct Wg;
+
+#define SAMSPARSE_WG_D32                                                                                          \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),      \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),       \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),      \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define SAMSPARSE_WG_R32                                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+
+#define SAMSPARSE_WG_TYPE(T, PTXT)                                                                                 \
+  template <> struct Wg<T> {                                                                                       \
+    /* d[32] (+)= A (desc) B^T (desc), m64n64k16; scale_d = 0 overwrites d */                                      \
+    static __device__ __forceinline__ void ss_n64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {          \
+      asm volatile(                                                                                                \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                             \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." PTXT "." PTXT " " SAMSPARSE_WG_R32                         \
+          ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                                        \
+          : SAMSPARSE_WG_D32                                                                                       \
+          : "l"(a), "l"(b), "r"(scale_d));                                                                         \
+    }                                                                                                              \
+    /* d[32] += A (registers) B (desc, N-major), m64n64k16 */                                                      \
+    static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {           \
+      asm volatile(                                                                                                \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                               \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." PTXT "." PTXT " " SAMSPARSE_WG_R32                         \
+          ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                                          \
+          : SAMSPARSE_WG_D32                                                                                       \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                                   \
+    }                                                                                                              \
+    /* d[8] += A (registers) B (desc, N-major), m64n16k16 */                                                       \
+    static __device__ __forceinline__ void rs_n16(float (&d)[8], const uint32_t (&a)[4], uint64_t b) {            \
+      asm volatile(                                                                                                \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                               \
+          "wgmma.mma_async.sync.aligned.m64n16k16.f32." PTXT "." PTXT                                              \
+          " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 1;\n}\n"                           \
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])         \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                                   \
+    }                                                                                                              \
+  };
+
+SAMSPARSE_WG_TYPE(__half, "f16")
+SAMSPARSE_WG_TYPE(__nv_bfloat16, "bf16")
+#undef SAMSPARSE_WG_TYPE
+#undef SAMSPARSE_WG_R32
+#undef SAMSPARSE_WG_D32
+
+// ------------------------------------------------------------------------------ kernel
+template <typename T, int D, int kBias, int kWG>
+__global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) attn_fwd_sm90_kernel(const FwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Smem<D, kWG>;
+  constexpr int kBlockM = Rows<kWG>::kBlockM;
+  constexpr int kThreads = Rows<kWG>::kThreads;
+  constexpr bool kP1 = D > 64;       // second panel (d = 80)
+  constexpr int kChunks = D / 8;     // 16-byte chunks per row
+  constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
+  constexpr int DT0 = 8;             // n8 chunks of O in panel 0
+  static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw_u32 = smem_u32(smem_raw);
+  const uint32_t base = (raw_u32 + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
+  unsigned char* smem = smem_raw + (base - raw_u32);
+  int* sQTok = reinterpret_cast<int*>(smem + S::kInts);  // [kBlockM]
+  int* sTok = sQTok + kBlockM;                           // [3][kBlockN] token or -1
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int wg = warp >> 2;                              // warpgroup: query rows [64 wg, 64 wg + 64)
+  const int g = lane >> 2;
+  const int tq = lane & 3;
+  const int row_a = wg * 64 + (warp & 3) * 16 + g;       // this thread's rows: row_a and row_a + 8
+
+  // ---------------------------------------------------------------- which tile (as fwd_kernel.cuh)
+  const int nqt = p.num_q_tiles;
+  const int qt = static_cast<int>(blockIdx.x % static_cast<unsigned>(nqt));
+  const int bh = static_cast<int>(blockIdx.x / static_cast<unsigned>(nqt));
+  const int b = bh / p.heads;
+  const int h = bh - b * p.heads;
+  const int hk = h / p.kv_group;
+  int nq = p.nq, nk = p.nk;
+  int64_t q_start = 0, k_start = 0;
+  if (p.cu_q != nullptr) {
+    q_start = p.cu_q[b];
+    nq = p.cu_q[b + 1] - p.cu_q[b];
+    k_start = p.cu_k[b];
+    nk = p.cu_k[b + 1] - p.cu_k[b];
+  }
+  const bool dense = p.kv_num == nullptr;
+  const int qb = qt / p.split_m;
+  const int qs = qt - qb * p.split_m;
+  const int bq = p.bq, bk = p.bk;
+  if (qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
+
+  for (int m = tid; m < kBlockM; m += kThreads) sQTok[m] = block_token(p, 0, qb, qs * kBlockM + m, bq, nq);
+
+  int n_steps;
+  const int32_t* idx_base = nullptr;
+  if (dense) {
+    n_steps = cdiv(nk, kBlockN);
+  } else {
+    n_steps = p.kv_num[b * p.kn_sb + h * p.kn_sh + qb * p.kn_sm] * p.sub_n;
+    idx_base = p.kv_idx + b * p.ki_sb + h * p.ki_sh + qb * p.ki_sm;
+  }
+  if (nk <= 0) n_steps = 0;
+  const int sub_n = p.sub_n;
+  auto block_of = [&](int t) -> int {
+    return dense ? t : __ldg(idx_base + static_cast<int64_t>(t / sub_n) * p.ki_sk);
+  };
+  auto fill_tokens = [&](int t, int j, int slot) {
+    if (tid < kBlockN) {
+      const int sub = t - (t / sub_n) * sub_n;
+      sTok[slot * kBlockN + tid] = block_token(p, 0, j, sub * kBlockN + tid, bk, nk);
+    }
+  };
+
+  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh + k_start * p.k_sn;
+  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh + k_start * p.v_sn;
+  const int head_dim = p.head_dim;
+  // K/V copies: kTPR threads per key row; thread tid moves chunks kv_q + kTPR i of row tid / kTPR
+  // (panel 0 while kTPR i < 8, then panel 1 for d = 80). Their swizzled offsets inside a tile are
+  // fixed: computed once.
+  constexpr int kTPR = kThreads / kBlockN;
+  static_assert(kTPR == 2 || kTPR == 4, "threads per key row");
+  constexpr int kCPT = cdiv(kChunks, kTPR);
+  const int kv_row = tid / kTPR, kv_q = tid % kTPR;
+  uint32_t kv_off[kCPT];
+#pragma unroll
+  for (int i = 0; i < kCPT; ++i) kv_off[i] = chunk_offset<D>(0, 0, kv_row, kv_q + kTPR * i);
+  auto load_kv = [&](int stage, int slot) {
+    const int tok = sTok[slot * kBlockN + kv_row];
+    const T* krow = kbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.k_sn;
+    const T* vrow = vbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.v_sn;
+#pragma unroll
+    for (int i = 0; i < kCPT; ++i) {
+      const int ch = kv_q + kTPR * i;
+      const bool p0 = kTPR * i < 8;  // compile-time after unrolling
+      if (p0 || ch < kChunks) {
+        const bool ok = tok >= 0 && ch * 8 < head_dim;
+        const uint32_t kdst = base + kv_off[i] + (p0 ? S::kK0 + stage * S::kKV0Bytes : S::kK1 + stage * S::kKV1Bytes);
+        const uint32_t vdst = kdst + (p0 ? 2 * S::kKV0Bytes : 2 * S::kKV1Bytes);
+        cp_async16(kdst, ok ? krow + ch * 8 : kbase, ok);
+        cp_async16(vdst, ok ? vrow + ch * 8 : vbase, ok);
+      }
+    }
+  };
+  auto k0_addr = [&](int stage) { return base + S::kK0 + stage * S::kKV0Bytes; };
+  auto v0_addr = [&](int stage) { return base + S::kK0 + (2 + stage) * S::kKV0Bytes; };
+  auto k1_addr = [&](int stage) { return base + S::kK1 + stage * S::kKV1Bytes; };
+  auto v1_addr = [&](int stage) { return base + S::kK1 + (2 + stage) * S::kKV1Bytes; };
+
+  // ---------------------------------------------------------------- prologue
+  int j_cur = 0, j_next = 0;
+  if (n_steps > 0) j_cur = block_of(0);
+  if (n_steps > 1) j_next = block_of(1);
+  if (n_steps > 0) fill_tokens(0, j_cur, 0);
+  if (n_steps > 1) fill_tokens(1, j_next, 1);
+  __syncthreads();  // sQTok and the first two token tables
+
+  {
+    const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + q_start * p.q_sn;
+    constexpr int kTotal = kBlockM * kChunks;
+#pragma unroll
+    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
+      const int c = tid + i * kThreads;
+      if (kTotal % kThreads == 0 || c < kTotal) {
+        const int row = c / kChunks, ch = c - row * kChunks;
+        const int tok = sQTok[row];
+        const bool ok = tok >= 0 && ch * 8 < head_dim;
+        const T* src = ok ? qbase + static_cast<int64_t>(tok) * p.q_sn + ch * 8 : qbase;
+        cp_async16(chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch), src, ok);
+      }
+    }
+  }
+  if (n_steps > 0) load_kv(0, 0);
+  cp_async_commit();
+
+  // this thread's query tokens and, for the run-64 bias, its rows' width terms (packed pairs:
+  // wv[hf][nt] = rel_w[row, 8 nt + 2 tq], rel_w[row, 8 nt + 2 tq + 1])
+  int qtok[2];
+  qtok[0] = sQTok[row_a];
+  qtok[1] = sQTok[row_a + 8];
+  uint32_t wv[2][NT];
+  const uint16_t* rh_base = nullptr;
+  if constexpr (kBias == kBiasRun64) {
+    rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
+    const uint16_t* rw = reinterpret_cast<const uint16_t*>(p.rel_w) + b * p.rw_sb + h * p.rw_sh;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        uint32_t lo = 0, hi = 0;
+        if (qtok[hf] >= 0) {
+          const uint16_t* src = rw + static_cast<int64_t>(qtok[hf]) * p.rw_sq + static_cast<int64_t>(nt * 8 + 2 * tq) * p.rw_sc;
+          lo = __ldg(src);
+          hi = __ldg(src + p.rw_sc);
+        }
+        wv[hf][nt] = lo | (hi << 16);
+      }
+    }
+  }
+
+  const float scale = p.scale;
+  const float mult = (kBias == kBiasNone) ? scale * kLog2e : kLog2e;
+
+  float acc0[DT0 * 4];
+  float acc1[kP1 ? 8 : 1];
+#pragma unroll
+  for (int i = 0; i < DT0 * 4; ++i) acc0[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[i] = 0.f;
+  float row_m[2] = {-INFINITY, -INFINITY};
+  float row_l[2] = {0.f, 0.f};
+  float s[NT * 4];  // S of the current tile (wgmma accumulator layout), then P
+#pragma unroll
+  for (int i = 0; i < NT * 4; ++i) s[i] = 0.f;
+
+  const uint32_t qa0 = base + S::kQ0 + wg * 64 * 128;  // this warpgroup's 64 rows of Q
+  const uint32_t qa1 = base + S::kQ1 + wg * 64 * 32;
+
+  // ---------------------------------------------------------------- main loop
+  int slot = 0;
+  for (int t = 0; t < n_steps; ++t) {
+    const int j_next2 = (t + 2 < n_steps) ? block_of(t + 2) : 0;
+    const int slot1 = slot == 2 ? 0 : slot + 1;
+    const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    if (t + 1 < n_steps) load_kv((t + 1) & 1, slot1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_async_smem();
+    __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma
+
+    // tile geometry (uniform): sequence layout
+    const int sub = t - (t / sub_n) * sub_n;
+    const int t0 = j_cur * bk + sub * kBlockN;
+    const int n_valid = min(kBlockN, min(bk - sub * kBlockN, nk - t0));
+    // run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
+    const bool full = kBias == kBiasRun64 || n_valid == kBlockN;
+
+    // height term of this tile's key-grid row (one value per row), loaded before the product
+    float hv[2] = {0.f, 0.f};
+    if constexpr (kBias == kBiasRun64) {
+      const int krow = min(t0 / kBlockN, p.rgh - 1);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        if (qtok[hf] >= 0) {
+          hv[hf] = Num<T>::to_float(
+              __ldg(rh_base + static_cast<int64_t>(qtok[hf]) * p.rh_sq + static_cast<int64_t>(krow) * p.rh_sr));
+        }
+      }
+    }
+
+    // ---- S = Q K^T
+    fence_regs(s);
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      Wg<T>::ss_n64(s, desc_k128(qa0 + ks * 32), desc_k128(k0_addr(t & 1) + ks * 32), ks > 0);
+    }
+    if constexpr (kP1) Wg<T>::ss_n64(s, desc_k32(qa1), desc_k32(k1_addr(t & 1)), 1);
+    wg_commit();
+    wg_wait0();
+    fence_regs(s);
+
+    // ---- bias and mask
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float& x = s[nt * 4 + e];
+        if constexpr (kBias == kBiasRun64) {
+          const uint32_t w2 = wv[e >> 1][nt];
+          const float w = Num<T>::to_float(static_cast<uint16_t>((e & 1) ? (w2 >> 16) : (w2 & 0xffffu)));
+          x = fmaf(x, scale, w);
+        }
+        if (!full) {
+          const int col = nt * 8 + 2 * tq + (e & 1);
+          if (col >= n_valid) x = -INFINITY;
+        }
+      }
+    }
+
+    // ---- online softmax (base 2); the height term enters through the row max
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_tile = mx + hv[hf];  // -inf stays -inf
+      const float m_new = fmaxf(row_m[hf], m_tile);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float off = (hv[hf] - m_use) * mult;
+      const float alpha = ex2((row_m[hf] - m_use) * mult);
+      row_m[hf] = m_new;
+      float rs = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          float& x = s[nt * 4 + 2 * hf + e1];
+          x = ex2(fmaf(x, mult, off));
+          rs += x;
+        }
+      }
+      row_l[hf] = row_l[hf] * alpha + rs;
+#pragma unroll
+      for (int dt = 0; dt < DT0; ++dt) {
+        acc0[dt * 4 + 2 * hf] *= alpha;
+        acc0[dt * 4 + 2 * hf + 1] *= alpha;
+      }
+      if constexpr (kP1) {
+#pragma unroll
+        for (int dt = 0; dt < 2; ++dt) {
+          acc1[dt * 4 + 2 * hf] *= alpha;
+          acc1[dt * 4 + 2 * hf + 1] *= alpha;
+        }
+      }
+    }
+
+    // ---- O += P V (P re-packed as the register A operand, 16 keys per k-step)
+    uint32_t a[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      a[kk][0] = Num<T>::pack(s[(2 * kk) * 4 + 0], s[(2 * kk) * 4 + 1]);
+      a[kk][1] = Num<T>::pack(s[(2 * kk) * 4 + 2], s[(2 * kk) * 4 + 3]);
+      a[kk][2] = Num<T>::pack(s[(2 * kk + 1) * 4 + 0], s[(2 * kk + 1) * 4 + 1]);
+      a[kk][3] = Num<T>::pack(s[(2 * kk + 1) * 4 + 2], s[(2 * kk + 1) * 4 + 3]);
+    }
+    fence_regs(acc0);
+    if constexpr (kP1) fence_regs(acc1);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      Wg<T>::rs_n64(acc0, a[kk], desc_mn128(v0_addr(t & 1) + kk * 16 * 128));
+      if constexpr (kP1) Wg<T>::rs_n16(acc1, a[kk], desc_mn32(v1_addr(t & 1) + kk * 16 * 32));
+    }
+    wg_commit();
+    wg_wait0();
+    fence_regs(acc0);
+    if constexpr (kP1) fence_regs(acc1);
+
+    if (t + 2 < n_steps) fill_tokens(t + 2, j_next2, slot2);
+    __syncthreads();  // stage t & 1 and table `slot` are free again
+    j_cur = j_next;
+    j_next = j_next2;
+    slot = slot1;
+  }
+
+  // ---------------------------------------------------------------- epilogue (as fwd_kernel.cuh)
+  cp_async_wait<0>();
+  __syncthreads();
+  uint16_t* sO = reinterpret_cast<uint16_t*>(smem + S::kK0);
+  float* lse_base = p.lse + b * p.l_sb + h * p.l_sh;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = row_l[hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const bool empty = !(l > 0.f);
+    const float inv = empty ? 0.f : 1.f / l;
+    const int row = row_a + 8 * hf;
+#pragma unroll
+    for (int dt = 0; dt < DT0; ++dt) {
+      *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + dt * 8 + 2 * tq) =
+          Num<T>::pack(acc0[dt * 4 + 2 * hf] * inv, acc0[dt * 4 + 2 * hf + 1] * inv);
+    }
+    if constexpr (kP1) {
+#pragma unroll
+      for (int dt = 0; dt < 2; ++dt) {
+        *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + 64 + dt * 8 + 2 * tq) =
+            Num<T>::pack(acc1[dt * 4 + 2 * hf] * inv, acc1[dt * 4 + 2 * hf + 1] * inv);
+      }
+    }
+    if (tq == 0 && qtok[hf] >= 0) {
+      lse_base[(q_start + qtok[hf]) * p.l_sn] = empty ? -INFINITY : (row_m[hf] * mult + __log2f(l)) * kLn2;
+    }
+  }
+  __syncthreads();
+  {
+    T* obase = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh + q_start * p.o_sn;
+    constexpr int kTotal = kBlockM * kChunks;
+#pragma unroll
+    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
+      const int c = tid + i * kThreads;
+      if (kTotal % kThreads == 0 || c < kTotal) {
+        const int row = c / kChunks, ch = c - row * kChunks;
+        const int tok = sQTok[row];
+        if (tok >= 0 && ch * 8 < head_dim) {
+          *reinterpret_cast<uint4*>(obase + static_cast<int64_t>(tok) * p.o_sn + ch * 8) =
+              *reinterpret_cast<const uint4*>(sO + row * S::kOStride + ch * 8);
+        }
+      }
+    }
+  }
+#else
+  // compiled without sm_90a features: never return silently wrong results
+  __trap();
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// ------------------------------------------------------------------------------ host launch
+// Is the current device compute capability 9.0 (the only one sm_90a code runs on)? Cached per device.
+inline bool device_is_sm90() {
+  static int cache[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev >= 0 && dev < 64 && cache[dev] != 0) return cache[dev] == 1;
+  int major = 0, minor = 0;
+  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess;
+  const bool yes = ok && major == 9 && minor == 0;
+  if (ok && dev >= 0 && dev < 64) cache[dev] = yes ? 1 : 2;
+  return yes;
+}
+
+template <typename T, int D, int kBias, int kWG>
+const char* launch(FwdParams& p, cudaStream_t stream) {
+  constexpr int kBlockM = Rows<kWG>::kBlockM;
+  auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG>;
+  const int smem = Smem<D, kWG>::kBytes;
+  // query tiles of kBlockM rows (run_fwd_hd set them up for the mma.sync kernel's 128)
+  if (p.kv_num == nullptr) {
+    p.bq = kBlockM;
+    p.split_m = 1;
+    p.num_q_tiles = cdiv(p.nq, kBlockM);
+  } else {
+    p.split_m = cdiv(p.bq, kBlockM);
+    p.num_q_tiles = p.num_q_blocks * p.split_m;
+  }
+  p.smem_bytes = smem;
+  p.bias_mode = kBias;
+  p.block_m = kBlockM;
+  p.block_n = kBlockN;
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  static int configured[64] = {0};
+  if (smem > 48 * 1024 && (dev >= 64 || configured[dev] < smem)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return cudaGetErrorString(err);
+    if (dev < 64) configured[dev] = smem;
+  }
+  const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
+  if (ctas <= 0) return nullptr;
+  if (ctas > INT_MAX) return format_error("too many thread blocks (%lld > %lld)", ctas, INT_MAX);
+  kernel<<<static_cast<unsigned>(ctas), Rows<kWG>::kThreads, smem, stream>>>(p);
+  p.variant = kVariantSm90;
+  err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace sm90
+
+// The Hopper kernel for this call, if it serves it: head dim 64 or 80, sequence layout, no bias or
+// run-64 bias. Query tiles of 64 rows (one warpgroup) when the mask's query blocks have at most 64
+// tokens, else 128; p.wgmma_rows = 64 or 128 forces one (benchmarks).
+template <typename T, int D>
+const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
+  *taken = false;
+  if constexpr (D == 64 || D == 80) {
+    static_assert(Cfg<D>::kBlockN == sm90::kBlockN, "the Hopper kernel shares the launcher's 64-key tiles");
+    if (p.layout != 0 || !sm90::device_is_sm90()) return nullptr;
+    const bool dense = p.kv_num == nullptr;
+    const bool run64 = p.rel_h != nullptr && runs_fit(p, 64, sm90::kBlockN, dense);
+    if (p.rel_h != nullptr && !run64) return nullptr;
+    const bool rows64 = p.wgmma_rows == 64 || (p.wgmma_rows != 128 && !dense && p.bq <= 64);
+    *taken = true;
+    if (run64) return rows64 ? sm90::launch<T, D, kBiasRun64, 1>(p, stream) : sm90::launch<T, D, kBiasRun64, 2>(p, stream);
+    return rows64 ? sm90::launch<T, D, kBiasNone, 1>(p, stream) : sm90::launch<T, D, kBiasNone, 2>(p, stream);
+  }
+  return nullptr;
+}
+
+}  // namespace fwd
+}  // namespace samsparse
