@@ -124,3 +124,16 @@ def test_bench_batch_scaling_cpu_smoke(tmp_path):
     row = json.loads(out.read_text())["models"]["vit_b"]["call"]
     assert len(row["ratios"]) == 2 and row["median_ratio"] > 0
     assert abs(row["median_ratio"] - (row["ratios"][0] + row["ratios"][1]) / 2) < 1e-9
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc not found")
+def test_cuda_kernel_resources_reads_every_kernel_of_a_unit():
+    """Offline screen of the CUDA kernels: one unit for sm_90a lists its Hopper kernels with registers."""
+    proc = _run([sys.executable, "scripts/cuda_kernel_resources.py", "--units", "fwd_bf16_hd64", "--archs", "90a",
+                 "--filter", "sm90"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines()[1:] if ln.strip()]
+    assert len(rows) == 4, proc.stdout  # no bias / run-64 bias x 64 / 128 query rows
+    for row in rows:
+        assert row[0] == "90a" and row[1].startswith("attn_fwd_sm90_kernel<bf16,")
+        assert 64 <= int(row[-4]) <= 255, row  # registers

@@ -171,6 +171,102 @@ template <> struct Num<__nv_bfloat16> {
   }
 };
 
+// ------------------------------------------------------------------------------ shared kernel pieces
+// Where a CTA works: (batch, head, kv head), its sequence's token counts and starts (varlen), and
+// its query tile (mask query block qb, part qs of it).
+struct Site {
+  int b, h, hk, nq, nk, qb, qs;
+  int64_t q_start, k_start;
+};
+
+__device__ __forceinline__ Site locate(const FwdParams& p) {
+  Site s;
+  const int nqt = p.num_q_tiles;
+  const int qt = static_cast<int>(blockIdx.x % static_cast<unsigned>(nqt));
+  const int bh = static_cast<int>(blockIdx.x / static_cast<unsigned>(nqt));
+  s.b = bh / p.heads;
+  s.h = bh - s.b * p.heads;
+  s.hk = s.h / p.kv_group;
+  s.nq = p.nq;
+  s.nk = p.nk;
+  s.q_start = s.k_start = 0;
+  if (p.cu_q != nullptr) {
+    s.q_start = p.cu_q[s.b];
+    s.nq = p.cu_q[s.b + 1] - p.cu_q[s.b];
+    s.k_start = p.cu_k[s.b];
+    s.nk = p.cu_k[s.b + 1] - p.cu_k[s.b];
+  }
+  s.qb = qt / p.split_m;
+  s.qs = qt - s.qb * p.split_m;
+  return s;
+}
+
+// Key tiles this CTA walks, and (masked calls) the row of key-block ids they come from.
+__device__ __forceinline__ int key_steps(const FwdParams& p, const Site& s, int block_n, const int32_t** idx_base) {
+  int n_steps;
+  *idx_base = nullptr;
+  if (p.kv_num == nullptr) {
+    n_steps = cdiv(s.nk, block_n);
+  } else {
+    n_steps = p.kv_num[s.b * p.kn_sb + s.h * p.kn_sh + s.qb * p.kn_sm] * p.sub_n;
+    *idx_base = p.kv_idx + s.b * p.ki_sb + s.h * p.ki_sh + s.qb * p.ki_sm;
+  }
+  return s.nk <= 0 ? 0 : n_steps;
+}
+
+// cp.async of the tile's query rows (tokens in sQTok, -1: zeros) into shared memory; dst(row, chunk)
+// gives the shared address of 16-byte chunk `chunk` of row `row`.
+template <typename T, int kRows, int kThreads, int kChunks, class Dst>
+__device__ __forceinline__ void gather_q(const FwdParams& p, const Site& s, const int* sQTok, Dst dst) {
+  const T* qbase = reinterpret_cast<const T*>(p.q) + s.b * p.q_sb + s.h * p.q_sh + s.q_start * p.q_sn;
+  constexpr int kTotal = kRows * kChunks;
+#pragma unroll
+  for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (kTotal % kThreads == 0 || c < kTotal) {
+      const int row = c / kChunks, ch = c - row * kChunks;
+      const int tok = sQTok[row];
+      const bool ok = tok >= 0 && ch * 8 < p.head_dim;
+      const T* src = ok ? qbase + static_cast<int64_t>(tok) * p.q_sn + ch * 8 : qbase;
+      cp_async16(dst(row, ch), src, ok);
+    }
+  }
+}
+
+// Row sums reduced over the quad, the normaliser 1 / l (0 for an empty row) and the row's natural-log
+// LSE written by the quad's first thread (row max m in units where p = 2^(x * mult - m * mult)).
+__device__ __forceinline__ float finish_row(const FwdParams& p, const Site& s, float l, float m, float mult, int tok,
+                                            int tq) {
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  const bool empty = !(l > 0.f);
+  if (tq == 0 && tok >= 0) {
+    p.lse[s.b * p.l_sb + s.h * p.l_sh + (s.q_start + tok) * p.l_sn] =
+        empty ? -INFINITY : (m * mult + __log2f(l)) * kLn2;
+  }
+  return empty ? 0.f : 1.f / l;
+}
+
+// 16-byte coalesced stores of the output tile staged in shared memory (rows of o_stride elements).
+template <typename T, int kRows, int kThreads, int kChunks>
+__device__ __forceinline__ void store_out(const FwdParams& p, const Site& s, const int* sQTok, const uint16_t* sO,
+                                          int o_stride) {
+  T* obase = reinterpret_cast<T*>(p.o) + s.b * p.o_sb + s.h * p.o_sh + s.q_start * p.o_sn;
+  constexpr int kTotal = kRows * kChunks;
+#pragma unroll
+  for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (kTotal % kThreads == 0 || c < kTotal) {
+      const int row = c / kChunks, ch = c - row * kChunks;
+      const int tok = sQTok[row];
+      if (tok >= 0 && ch * 8 < p.head_dim) {
+        *reinterpret_cast<uint4*>(obase + static_cast<int64_t>(tok) * p.o_sn + ch * 8) =
+            *reinterpret_cast<const uint4*>(sO + row * o_stride + ch * 8);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------ kernel
 template <typename T, int D, int kBias>
 __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn_fwd_kernel(const FwdParams p) {
@@ -214,24 +310,10 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
   const int tq = lane & 3;  // column pair inside an n8 tile
 
   // ---------------------------------------------------------------- which tile
-  const int nqt = p.num_q_tiles;
-  const int qt = static_cast<int>(blockIdx.x % static_cast<unsigned>(nqt));
-  const int bh = static_cast<int>(blockIdx.x / static_cast<unsigned>(nqt));
-  const int b = bh / p.heads;
-  const int h = bh - b * p.heads;
-  const int hk = h / p.kv_group;
-
-  int nq = p.nq, nk = p.nk;
-  int64_t q_start = 0, k_start = 0;
-  if (p.cu_q != nullptr) {
-    q_start = p.cu_q[b];
-    nq = p.cu_q[b + 1] - p.cu_q[b];
-    k_start = p.cu_k[b];
-    nk = p.cu_k[b + 1] - p.cu_k[b];
-  }
+  const Site site = locate(p);
+  const int b = site.b, h = site.h, hk = site.hk, nq = site.nq, nk = site.nk, qb = site.qb, qs = site.qs;
+  const int64_t k_start = site.k_start;
   const bool dense = p.kv_num == nullptr;
-  const int qb = qt / p.split_m;
-  const int qs = qt - qb * p.split_m;
   const int layout = p.layout;
   const int bq = p.bq, bk = p.bk;
   if (layout == 0 && qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
@@ -240,16 +322,8 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
   for (int m = tid; m < kBlockM; m += kThreads) sQTok[m] = block_token(p, layout, qb, qs * kBlockM + m, bq, nq);
 
   // ---------------------------------------------------------------- key steps
-  int n_steps;
-  const int32_t* idx_base = nullptr;
-  if (dense) {
-    n_steps = cdiv(nk, kBlockN);
-  } else {
-    const int nblk = p.kv_num[b * p.kn_sb + h * p.kn_sh + qb * p.kn_sm];
-    n_steps = nblk * p.sub_n;
-    idx_base = p.kv_idx + b * p.ki_sb + h * p.ki_sh + qb * p.ki_sm;
-  }
-  if (nk <= 0) n_steps = 0;
+  const int32_t* idx_base;
+  const int n_steps = key_steps(p, site, kBlockN, &idx_base);
   const int sub_n = p.sub_n;
 
   auto block_of = [&](int t) -> int {
@@ -305,21 +379,8 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
   if (n_steps > 1) fill_tokens(1, j_next, 1);
   __syncthreads();  // sQTok and the first two token tables
 
-  {
-    const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + q_start * p.q_sn;
-    constexpr int kTotal = kBlockM * kChunks;
-#pragma unroll
-    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
-      const int c = tid + i * kThreads;
-      if (kTotal % kThreads == 0 || c < kTotal) {
-        const int row = c / kChunks, ch = c - row * kChunks;
-        const int tok = sQTok[row];
-        const bool ok = tok >= 0 && ch * 8 < head_dim;
-        const T* src = ok ? qbase + static_cast<int64_t>(tok) * p.q_sn + ch * 8 : qbase;
-        cp_async16(smem_u32(sQ + row * kStride + ch * 8), src, ok);
-      }
-    }
-  }
+  gather_q<T, kBlockM, kThreads, kChunks>(p, site, sQTok,
+                                          [&](int row, int ch) { return smem_u32(sQ + row * kStride + ch * 8); });
   if (n_steps > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -604,47 +665,21 @@ __global__ void __launch_bounds__(Cfg<D>::kNWarps * 32, Cfg<D>::kMinBlocks) attn
   cp_async_wait<0>();
   __syncthreads();
   uint16_t* sO = reinterpret_cast<uint16_t*>(sKV);
-  float* lse_base = p.lse + b * p.l_sb + h * p.l_sh;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float l = row_l[mt][hf];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const bool empty = !(l > 0.f);
-      const float inv = empty ? 0.f : 1.f / l;
       const int row = warp_row0 + mt * 16 + g + hf * 8;
+      const float inv = finish_row(p, site, row_l[mt][hf], row_m[mt][hf], mult, sQTok[row], tq);
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt) {
         *reinterpret_cast<uint32_t*>(sO + row * kStride + dt * 8 + 2 * tq) =
             Num<T>::pack(acc[mt][dt][hf * 2] * inv, acc[mt][dt][hf * 2 + 1] * inv);
       }
-      if (tq == 0) {
-        const int tok = sQTok[row];
-        if (tok >= 0) {
-          lse_base[(q_start + tok) * p.l_sn] = empty ? -INFINITY : (row_m[mt][hf] * mult + __log2f(l)) * kLn2;
-        }
-      }
     }
   }
   __syncthreads();
-  {
-    T* obase = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh + q_start * p.o_sn;
-    constexpr int kTotal = kBlockM * kChunks;
-#pragma unroll
-    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
-      const int c = tid + i * kThreads;
-      if (kTotal % kThreads == 0 || c < kTotal) {
-        const int row = c / kChunks, ch = c - row * kChunks;
-        const int tok = sQTok[row];
-        if (tok >= 0 && ch * 8 < head_dim) {
-          *reinterpret_cast<uint4*>(obase + static_cast<int64_t>(tok) * p.o_sn + ch * 8) =
-              *reinterpret_cast<const uint4*>(sO + row * kStride + ch * 8);
-        }
-      }
-    }
-  }
+  store_out<T, kBlockM, kThreads, kChunks>(p, site, sQTok, sO, kStride);
 }
 
 // ------------------------------------------------------------------------------ host launch

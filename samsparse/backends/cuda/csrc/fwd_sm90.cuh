@@ -179,37 +179,17 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   const int row_a = wg * 64 + (warp & 3) * 16 + g;       // this thread's rows: row_a and row_a + 8
 
   // ---------------------------------------------------------------- which tile (as fwd_kernel.cuh)
-  const int nqt = p.num_q_tiles;
-  const int qt = static_cast<int>(blockIdx.x % static_cast<unsigned>(nqt));
-  const int bh = static_cast<int>(blockIdx.x / static_cast<unsigned>(nqt));
-  const int b = bh / p.heads;
-  const int h = bh - b * p.heads;
-  const int hk = h / p.kv_group;
-  int nq = p.nq, nk = p.nk;
-  int64_t q_start = 0, k_start = 0;
-  if (p.cu_q != nullptr) {
-    q_start = p.cu_q[b];
-    nq = p.cu_q[b + 1] - p.cu_q[b];
-    k_start = p.cu_k[b];
-    nk = p.cu_k[b + 1] - p.cu_k[b];
-  }
+  const Site site = locate(p);
+  const int b = site.b, h = site.h, hk = site.hk, nq = site.nq, nk = site.nk, qb = site.qb, qs = site.qs;
+  const int64_t k_start = site.k_start;
   const bool dense = p.kv_num == nullptr;
-  const int qb = qt / p.split_m;
-  const int qs = qt - qb * p.split_m;
   const int bq = p.bq, bk = p.bk;
   if (qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
 
   for (int m = tid; m < kBlockM; m += kThreads) sQTok[m] = block_token(p, 0, qb, qs * kBlockM + m, bq, nq);
 
-  int n_steps;
-  const int32_t* idx_base = nullptr;
-  if (dense) {
-    n_steps = cdiv(nk, kBlockN);
-  } else {
-    n_steps = p.kv_num[b * p.kn_sb + h * p.kn_sh + qb * p.kn_sm] * p.sub_n;
-    idx_base = p.kv_idx + b * p.ki_sb + h * p.ki_sh + qb * p.ki_sm;
-  }
-  if (nk <= 0) n_steps = 0;
+  const int32_t* idx_base;
+  const int n_steps = key_steps(p, site, kBlockN, &idx_base);
   const int sub_n = p.sub_n;
   auto block_of = [&](int t) -> int {
     return dense ? t : __ldg(idx_base + static_cast<int64_t>(t / sub_n) * p.ki_sk);
@@ -264,21 +244,8 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   if (n_steps > 1) fill_tokens(1, j_next, 1);
   __syncthreads();  // sQTok and the first two token tables
 
-  {
-    const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + q_start * p.q_sn;
-    constexpr int kTotal = kBlockM * kChunks;
-#pragma unroll
-    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
-      const int c = tid + i * kThreads;
-      if (kTotal % kThreads == 0 || c < kTotal) {
-        const int row = c / kChunks, ch = c - row * kChunks;
-        const int tok = sQTok[row];
-        const bool ok = tok >= 0 && ch * 8 < head_dim;
-        const T* src = ok ? qbase + static_cast<int64_t>(tok) * p.q_sn + ch * 8 : qbase;
-        cp_async16(chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch), src, ok);
-      }
-    }
-  }
+  gather_q<T, kBlockM, kThreads, kChunks>(
+      p, site, sQTok, [&](int row, int ch) { return chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch); });
   if (n_steps > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -459,15 +426,10 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   cp_async_wait<0>();
   __syncthreads();
   uint16_t* sO = reinterpret_cast<uint16_t*>(smem + S::kK0);
-  float* lse_base = p.lse + b * p.l_sb + h * p.l_sh;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = row_l[hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const bool empty = !(l > 0.f);
-    const float inv = empty ? 0.f : 1.f / l;
     const int row = row_a + 8 * hf;
+    const float inv = finish_row(p, site, row_l[hf], row_m[hf], mult, qtok[hf], tq);
 #pragma unroll
     for (int dt = 0; dt < DT0; ++dt) {
       *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + dt * 8 + 2 * tq) =
@@ -480,27 +442,9 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
             Num<T>::pack(acc1[dt * 4 + 2 * hf] * inv, acc1[dt * 4 + 2 * hf + 1] * inv);
       }
     }
-    if (tq == 0 && qtok[hf] >= 0) {
-      lse_base[(q_start + qtok[hf]) * p.l_sn] = empty ? -INFINITY : (row_m[hf] * mult + __log2f(l)) * kLn2;
-    }
   }
   __syncthreads();
-  {
-    T* obase = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh + q_start * p.o_sn;
-    constexpr int kTotal = kBlockM * kChunks;
-#pragma unroll
-    for (int i = 0; i < cdiv(kTotal, kThreads); ++i) {
-      const int c = tid + i * kThreads;
-      if (kTotal % kThreads == 0 || c < kTotal) {
-        const int row = c / kChunks, ch = c - row * kChunks;
-        const int tok = sQTok[row];
-        if (tok >= 0 && ch * 8 < head_dim) {
-          *reinterpret_cast<uint4*>(obase + static_cast<int64_t>(tok) * p.o_sn + ch * 8) =
-              *reinterpret_cast<const uint4*>(sO + row * S::kOStride + ch * 8);
-        }
-      }
-    }
-  }
+  store_out<T, kBlockM, kThreads, kChunks>(p, site, sQTok, sO, S::kOStride);
 #else
   // compiled without sm_90a features: never return silently wrong results
   __trap();
