@@ -75,7 +75,7 @@ run() {  # run NAME SECONDS CMD...
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
-    tests) run tests 420 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py ;;
+    tests) run tests 420 "$PY" -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py -k "not wgmma" ;;
     attention) run attention 420 "$PY" scripts/bench_attention.py --layouts sequence,tiles \
         --json "$OUT/attention.json" --md "$OUT/attention.md" ;;
     encoder8) run encoder8 420 "$PY" scripts/bench_encoder.py --models vit_b --batch 8 --dtype bf16 --no-fp32 \
