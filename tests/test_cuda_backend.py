@@ -543,6 +543,14 @@ def test_kernel_variant_choice(monkeypatch):
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+def test_wgmma_selftest_unit_compiles(tmp_path):
+    cmd = [_nvcc(), "-std=c++17", "-O1", "-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_80,code=sm_80",
+           "-I", str(CSRC), "-c", str(CSRC / "wgmma_selftest.cu"), "-o", str(tmp_path / "selftest.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_dispatch_unit_compiles(tmp_path):
     cmd = [_nvcc(), "-std=c++17", "-O1", "-gencode=arch=compute_90,code=sm_90", "-I", str(CSRC), "-c",
            str(CSRC / "dispatch.cu"), "-o", str(tmp_path / "dispatch.o")]
@@ -632,6 +640,17 @@ WGMMA_CASES = [
     Case(1, 2, 2, (9, 15), 80, "bf16", mask="none", rel="none", seed=74),  # partial tiles
     Case(1, 2, 1, (7, 11), 64, "fp16", mask="random", block=32, rel="none", seed=75),  # bk < tile
 ]
+
+
+@gpu
+@needs_hopper
+@pytest.mark.parametrize("d", [64, 80])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_wgmma_selftest_one_tile(d, dtype):
+    """The Hopper kernel's layouts and wgmma wrappers on one tile (S = Q K^T, O = round(S) V)."""
+    res = ops.wgmma_selftest(d, dtype)
+    assert res["s_err"] < 1e-3, f"S = Q K^T wrong (K-major layouts / descriptors): {res['s_err']}"
+    assert res["o_err"] < 1e-2, f"O = P V wrong (V's MN-major layout / P fragments): {res['o_err']}"
 
 
 @gpu

@@ -39,6 +39,7 @@ __all__ = [
     "smem_bytes",
     "last_launch",
     "kernel_variant",
+    "wgmma_selftest",
 ]
 
 KERNEL_HEAD_DIMS = (32, 64, 80, 128, 256)
@@ -121,6 +122,30 @@ def kernel_variant(device: torch.device) -> int:
     if cap is None:
         cap = _CAPABILITIES[index] = torch.cuda.get_device_capability(index)
     return 1 if cap == (9, 0) else 0
+
+
+def wgmma_selftest(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, device: str = "cuda", seed: int = 0) -> dict:
+    """One 64-row tile through the Hopper kernel's shared-memory layouts and wgmma wrappers.
+
+    Runs S = Q K^T and O = round(S) V (no softmax) for random Q, K, V [64, head_dim] (head dim 64 or
+    80, float16/bfloat16) on a compute capability 9.0 GPU and compares them with float32 products of the
+    same inputs. Returns ``{"s_err", "o_err"}`` (max abs error relative to the largest reference value)
+    and the raw ``s``, ``o`` tensors; a wrong S points at the K-major layouts, a right S with a wrong O
+    at V's MN-major layout or P's register fragments, d = 80 alone at the second panel.
+    """
+    from . import build
+
+    build.require()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v = (torch.randn(64, head_dim, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    s = torch.empty(64, 64, device=device, dtype=torch.float32)
+    o = torch.empty(64, head_dim, device=device, dtype=torch.float32)
+    torch.ops.samsparse_cuda.wgmma_selftest(q, k, v, s, o)
+    s_ref = q.float() @ k.float().T
+    o_ref = s_ref.to(dtype).float() @ v.float()
+    s_err = float((s - s_ref).abs().max() / s_ref.abs().max())
+    o_err = float((o - o_ref).abs().max() / o_ref.abs().max())
+    return {"s_err": s_err, "o_err": o_err, "s": s, "o": o}
 
 
 def _kernel_args(device: torch.device) -> list[int]:

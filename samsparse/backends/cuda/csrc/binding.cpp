@@ -188,6 +188,27 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   TORCH_CHECK(err == nullptr, "samsparse cuda attention kernel: ", err);
 }
 
+void wgmma_selftest_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& s, at::Tensor& o) {
+  TORCH_CHECK(q.is_cuda() && q.dim() == 2 && q.size(0) == 64 && (q.size(1) == 64 || q.size(1) == 80) &&
+                  q.is_contiguous() && (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16),
+              "samsparse_cuda::wgmma_selftest: q must be a contiguous float16/bfloat16 CUDA tensor [64, 64 or 80]");
+  for (const at::Tensor* t : {&k, &v}) {
+    TORCH_CHECK(t->sizes() == q.sizes() && t->scalar_type() == q.scalar_type() && t->device() == q.device() &&
+                    t->is_contiguous(),
+                "samsparse_cuda::wgmma_selftest: k and v must be like q");
+  }
+  TORCH_CHECK(s.device() == q.device() && s.scalar_type() == at::kFloat && s.is_contiguous() && s.dim() == 2 &&
+                  s.size(0) == 64 && s.size(1) == 64,
+              "samsparse_cuda::wgmma_selftest: s must be a contiguous float32 CUDA tensor [64, 64]");
+  TORCH_CHECK(o.device() == q.device() && o.scalar_type() == at::kFloat && o.is_contiguous() && o.sizes() == q.sizes(),
+              "samsparse_cuda::wgmma_selftest: o must be a contiguous float32 CUDA tensor like q");
+  c10::cuda::CUDAGuard guard(q.device());
+  void* stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
+  const char* err = wgmma_selftest(q.data_ptr(), k.data_ptr(), v.data_ptr(), s.data_ptr<float>(), o.data_ptr<float>(),
+                                   static_cast<int>(q.size(1)), q.scalar_type() == at::kBFloat16, stream);
+  TORCH_CHECK(err == nullptr, "samsparse_cuda::wgmma_selftest: ", err);
+}
+
 int64_t smem_bytes(int64_t head_dim, int64_t bias_mode, int64_t rgh, int64_t rgw) {
   return fwd_smem_bytes(static_cast<int>(head_dim), static_cast<int>(bias_mode), static_cast<int>(rgh),
                         static_cast<int>(rgw));
@@ -207,6 +228,10 @@ TORCH_LIBRARY(samsparse_cuda, m) {
   m.def("smem_bytes(int head_dim, int bias_mode, int rgh, int rgw) -> int", &samsparse::smem_bytes);
   m.def("kernel_head_dim(int head_dim) -> int", &samsparse::compiled_head_dim);
   m.def("last_launch() -> int[]", &samsparse::last_launch);
+  m.def("wgmma_selftest(Tensor q, Tensor k, Tensor v, Tensor(a!) s, Tensor(b!) o) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(samsparse_cuda, CUDA, m) { m.impl("fwd", &samsparse::fwd); }
+TORCH_LIBRARY_IMPL(samsparse_cuda, CUDA, m) {
+  m.impl("fwd", &samsparse::fwd);
+  m.impl("wgmma_selftest", &samsparse::wgmma_selftest_op);
+}

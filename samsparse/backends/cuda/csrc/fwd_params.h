@@ -85,4 +85,10 @@ int fwd_smem_bytes(int head_dim, int bias_mode, int rgh, int rgw);
 // else a static, human-readable error message. Never synchronises the host.
 const char* run_fwd(FwdParams& p, bool bf16, void* stream);
 
+// One 64-row tile through the Hopper kernel's layouts and wgmma wrappers (wgmma_selftest.cu):
+// q, k, v [64, head_dim] contiguous (head_dim 64 or 80), s [64, 64] = q k^T and o [64, head_dim] =
+// round(s) v, both float32. nullptr on success, else a static message.
+const char* wgmma_selftest(const void* q, const void* k, const void* v, float* s, float* o, int head_dim, bool bf16,
+                           void* stream);
+
 }  // namespace samsparse
