@@ -191,14 +191,13 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   const int32_t* idx_base;
   const int n_steps = key_steps(p, site, kBlockN, &idx_base);
   const int sub_n = p.sub_n;
-  auto block_of = [&](int t) -> int {
-    return dense ? t : __ldg(idx_base + static_cast<int64_t>(t / sub_n) * p.ki_sk);
+  // key step t reads sub-tile t % sub_n of mask block t / sub_n; the loop keeps both for steps t and
+  // t + 2 as counters (no integer division per step)
+  auto block_at = [&](int blk) -> int {
+    return dense ? blk : __ldg(idx_base + static_cast<int64_t>(blk) * p.ki_sk);
   };
-  auto fill_tokens = [&](int t, int j, int slot) {
-    if (tid < kBlockN) {
-      const int sub = t - (t / sub_n) * sub_n;
-      sTok[slot * kBlockN + tid] = block_token(p, 0, j, sub * kBlockN + tid, bk, nk);
-    }
+  auto fill_tokens = [&](int j, int sub, int slot) {
+    if (tid < kBlockN) sTok[slot * kBlockN + tid] = block_token(p, 0, j, sub * kBlockN + tid, bk, nk);
   };
 
   const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh + k_start * p.k_sn;
@@ -212,22 +211,26 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   constexpr int kCPT = cdiv(kChunks, kTPR);
   const int kv_row = tid / kTPR, kv_q = tid % kTPR;
   uint32_t kv_off[kCPT];
+  bool kv_in[kCPT];  // chunk inside the real head dim (and, d = 80, inside the row)
 #pragma unroll
-  for (int i = 0; i < kCPT; ++i) kv_off[i] = chunk_offset<D>(0, 0, kv_row, kv_q + kTPR * i);
+  for (int i = 0; i < kCPT; ++i) {
+    const int ch = kv_q + kTPR * i;
+    kv_off[i] = chunk_offset<D>(0, 0, kv_row, ch);
+    kv_in[i] = ch < kChunks && ch * 8 < head_dim;
+  }
   auto load_kv = [&](int stage, int slot) {
     const int tok = sTok[slot * kBlockN + kv_row];
-    const T* krow = kbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.k_sn;
-    const T* vrow = vbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.v_sn;
+    const T* krow = kbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.k_sn + kv_q * 8;
+    const T* vrow = vbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.v_sn + kv_q * 8;
 #pragma unroll
     for (int i = 0; i < kCPT; ++i) {
-      const int ch = kv_q + kTPR * i;
       const bool p0 = kTPR * i < 8;  // compile-time after unrolling
-      if (p0 || ch < kChunks) {
-        const bool ok = tok >= 0 && ch * 8 < head_dim;
+      if (p0 || kv_in[i]) {
+        const bool ok = tok >= 0 && kv_in[i];
         const uint32_t kdst = base + kv_off[i] + (p0 ? S::kK0 + stage * S::kKV0Bytes : S::kK1 + stage * S::kKV1Bytes);
         const uint32_t vdst = kdst + (p0 ? 2 * S::kKV0Bytes : 2 * S::kKV1Bytes);
-        cp_async16(kdst, ok ? krow + ch * 8 : kbase, ok);
-        cp_async16(vdst, ok ? vrow + ch * 8 : vbase, ok);
+        cp_async16(kdst, ok ? krow + kTPR * 8 * i : kbase, ok);
+        cp_async16(vdst, ok ? vrow + kTPR * 8 * i : vbase, ok);
       }
     }
   };
@@ -238,10 +241,12 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
 
   // ---------------------------------------------------------------- prologue
   int j_cur = 0, j_next = 0;
-  if (n_steps > 0) j_cur = block_of(0);
-  if (n_steps > 1) j_next = block_of(1);
-  if (n_steps > 0) fill_tokens(0, j_cur, 0);
-  if (n_steps > 1) fill_tokens(1, j_next, 1);
+  int sub_cur = 0;                                // t % sub_n
+  int blk2 = 2 / sub_n, sub2 = 2 - blk2 * sub_n;  // (t + 2) / sub_n, (t + 2) % sub_n
+  if (n_steps > 0) j_cur = block_at(0);
+  if (n_steps > 1) j_next = block_at(1 / sub_n);
+  if (n_steps > 0) fill_tokens(j_cur, 0, 0);
+  if (n_steps > 1) fill_tokens(j_next, 1 % sub_n, 1);
   __syncthreads();  // sQTok and the first two token tables
 
   gather_q<T, kBlockM, kThreads, kChunks>(
@@ -295,7 +300,7 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   // ---------------------------------------------------------------- main loop
   int slot = 0;
   for (int t = 0; t < n_steps; ++t) {
-    const int j_next2 = (t + 2 < n_steps) ? block_of(t + 2) : 0;
+    const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
     const int slot1 = slot == 2 ? 0 : slot + 1;
     const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
     if (t + 1 < n_steps) load_kv((t + 1) & 1, slot1);
@@ -305,9 +310,8 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
     __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma
 
     // tile geometry (uniform): sequence layout
-    const int sub = t - (t / sub_n) * sub_n;
-    const int t0 = j_cur * bk + sub * kBlockN;
-    const int n_valid = min(kBlockN, min(bk - sub * kBlockN, nk - t0));
+    const int t0 = j_cur * bk + sub_cur * kBlockN;
+    const int n_valid = min(kBlockN, min(bk - sub_cur * kBlockN, nk - t0));
     // run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
     const bool full = kBias == kBiasRun64 || n_valid == kBlockN;
 
@@ -415,11 +419,16 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
     fence_regs(acc0);
     if constexpr (kP1) fence_regs(acc1);
 
-    if (t + 2 < n_steps) fill_tokens(t + 2, j_next2, slot2);
+    if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);
     __syncthreads();  // stage t & 1 and table `slot` are free again
     j_cur = j_next;
     j_next = j_next2;
     slot = slot1;
+    sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
+    if (++sub2 == sub_n) {
+      sub2 = 0;
+      ++blk2;
+    }
   }
 
   // ---------------------------------------------------------------- epilogue (as fwd_kernel.cuh)
