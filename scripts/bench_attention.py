@@ -15,6 +15,10 @@ Contenders (same inputs: q, k, v are strided views of one qkv projection output
                     fastest is the ratio base (on an H100 that is cuDNN).
 - ``flex``          FlexAttention (torch.compile'd) with a rel-pos score_mod,
                     dense and with the block mask (einsum terms included).
+- ``cuda`` / ``cuda_wgmma`` (``--cuda``) samsparse's CUDA backend: tables in, terms by
+                    one einsum, then the mma.sync kernel / the Hopper wgmma kernel
+                    (SAMSPARSE_CUDA_KERNEL=wgmma, compute capability 9.0; calls it does
+                    not serve run on mma.sync), dense and block-sparse.
 - ``ours``          samsparse's Triton backend: tables in, terms computed by our
                     kernel, dense and block-sparse (``ours_terms``: the kernel
                     alone, rel terms handed in precomputed; ``ours_module``: the
@@ -66,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-flex", action="store_true", help="skip FlexAttention (its compile takes a while)")
     p.add_argument("--skip-eager", action="store_true", help="skip SAM eager (slow, memory hungry)")
     p.add_argument("--no-window", action="store_true", help="skip the windowed (14x14) shapes")
+    p.add_argument("--cuda", action="store_true",
+                   help="add the CUDA backend (mma.sync kernel; and the wgmma kernel on compute capability 9.0)")
     p.add_argument("--keep-cache", action="store_true",
                    help="use the existing autotune cache ($SAMSPARSE_HOME); default: a fresh temporary one, "
                         "so the first-call time includes autotuning")
@@ -233,6 +239,28 @@ def ours_terms(q, k, v, rel_h, rel_w, grid, scale, mask):
     return attention(q, k, v, mask, RelPos(grid, grid, rel_h=rel_h, rel_w=rel_w), scale)[0]
 
 
+def cuda_kernels(device) -> list[str]:
+    """The CUDA backend's kernels to time here ([] with the reason logged when the extension is unavailable)."""
+    if device.type != "cuda":
+        return []
+    from samsparse.backends.cuda import build
+
+    reason = build.ensure_loaded()
+    if reason is not None:
+        log(f"cuda backend skipped: {reason}")
+        return []
+    return ["mma", "wgmma"] if torch.cuda.get_device_capability(device) == (9, 0) else ["mma"]
+
+
+def cuda_attend(kernel, q, k, v, rel_pos_h, rel_pos_w, grid, scale, mask):
+    """samsparse's CUDA backend with ``kernel`` (``mma`` or ``wgmma``): tables in, einsum terms, attention."""
+    from samsparse.backends.cuda import CudaBackend
+    from samsparse.backends.cuda.backend import KERNEL_ENV
+
+    os.environ[KERNEL_ENV] = kernel  # read per call; the caller restores it
+    return CudaBackend().attend(q, k, v, mask, RelPos.from_tables(rel_pos_h, rel_pos_w, grid), scale)
+
+
 # ---------------------------------------------------------------------------- masks and reference
 @torch.no_grad()
 def reference(q, k, v, rel_pos_h, rel_pos_w, grid, scale, mask: BlockMask | None):
@@ -362,6 +390,12 @@ def run_shape(label, b, h, d, grid, dtype, densities, layouts, args, rows, devic
     add("ours_terms", lambda: ours_terms(q, k, v, rel_h, rel_w, grid, scale, None))
     if not args.skip_flex:
         add("flex", lambda: flex(q, k, v, rel_pos_h, rel_pos_w, grid, scale, None))
+    # the wgmma kernel serves key rows of 64 (SAM's global grid); elsewhere it would time mma.sync again
+    kernels = [kern for kern in (cuda_kernels(device) if args.cuda else []) if kern == "mma" or grid[1] == 64]
+    saved_kernel = os.environ.get("SAMSPARSE_CUDA_KERNEL")
+    for kern in kernels:
+        name = "cuda" if kern == "mma" else "cuda_wgmma"
+        add(name, lambda kern=kern: cuda_attend(kern, q, k, v, rel_pos_h, rel_pos_w, grid, scale, None))
 
     for layout in layouts:
         for p in densities:
@@ -375,6 +409,10 @@ def run_shape(label, b, h, d, grid, dtype, densities, layouts, args, rows, devic
             row = add("ours", lambda: ours(q, k, v, rel_pos_h, rel_pos_w, grid, scale, mask), dens, mask, key, layout,
                       graph_fn=graph_p)
             alternate[key] = (row, graph_p)
+            for kern in kernels:
+                name = "cuda" if kern == "mma" else "cuda_wgmma"
+                add(name, lambda kern=kern, mask=mask: cuda_attend(kern, q, k, v, rel_pos_h, rel_pos_w, grid, scale, mask),
+                    dens, mask, key, layout)
             if not args.skip_flex:
                 try:
                     fbm = flex_block_mask(mask, device)
@@ -382,6 +420,10 @@ def run_shape(label, b, h, d, grid, dtype, densities, layouts, args, rows, devic
                 except Exception as exc:
                     shape_rows.append({"shape": label, "contender": "flex", "layout": layout, "density": dens,
                                        "error": f"block mask: {type(exc).__name__}: {exc}"[:200]})
+    if saved_kernel is None:
+        os.environ.pop("SAMSPARSE_CUDA_KERNEL", None)
+    else:
+        os.environ["SAMSPARSE_CUDA_KERNEL"] = saved_kernel
     alternating_scaling(alternate, args, device)
     # ratios against this shape's baselines
     base = {r["contender"]: r for r in shape_rows if r.get("density") == 1.0 and "ms" in r and r["contender"] != "sdpa_nobias"}

@@ -51,6 +51,7 @@
 #              cache; vit_b and vit_h at B=8 and B=1) into $OUT/autotune_recorded.json, to be merged
 #              into samsparse/backends/triton/tuned/ for this GPU
 #   cuda       scripts/check_cuda_gpu.sh build + bench
+#   attncuda   bench_attention.py with the CUDA backend's rows (mma.sync, wgmma), B=8, sequence masks (#6's table)
 #   wgmma      the Hopper CUDA kernel (SAMSPARSE_CUDA_KERNEL=wgmma, written without a GPU in the fourteenth
 #              session): its GPU tests (both tile heights, varlen), then check_cuda_gpu.sh build + bench
 #              (wgmma rows next to mma.sync, cuDNN and Triton) + memcheck90 (compute-sanitizer)
@@ -132,6 +133,8 @@ for stage in "${STAGES[@]}"; do
         --variants dense+compile "sparse:hierarchical:density=0.25,tile=1x64+compile" \
         "sparse:hierarchical:density=0.25+compile" --json "$OUT/ratio5.json" --md "$OUT/ratio5.md" ;;
     cudatests) run cudatests 300 "$PY" -m pytest -q -m gpu tests/test_cuda_backend.py -rf ;;
+    attncuda) run attncuda 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
+                --batches 8 --cuda --json "$OUT/attncuda.json" --md "$OUT/attncuda.md" ;;
     wgmma)
       run wgmmatests 300 "$PY" -m pytest -q -m gpu tests/test_cuda_backend.py -k "wgmma or varlen" -rf
       run wgmmabench 420 bash scripts/check_cuda_gpu.sh --only build,bench,memcheck90 ;;
