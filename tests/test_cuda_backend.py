@@ -507,10 +507,10 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
         # ptxas -v: per kernel "Compiling entry function '<name>'", then its spill line
         blocks = proc.stderr.split("Compiling entry function")[1:]
         hopper = [b for b in blocks if "attn_fwd_sm90_kernel" in b.split("\n", 1)[0]]
-        assert len(hopper) == 4, "the Hopper kernel: no bias and run-64 bias, 64- and 128-row tiles"
+        assert len(hopper) == 6, "the Hopper kernel: no bias and run-64 bias, three tile shapes"
         for b in hopper:
             spill = int(__import__("re").search(r"(\d+) bytes spill stores", b).group(1))
-            assert spill <= 16, b[:600]
+            assert spill <= 64, b[:600]  # d = 80 run-64 on m128w4 tiles: 56 B (nvcc 13.0)
         assert "C7515" not in proc.stderr  # ptxas serialised the wgmma sequence
 
 
@@ -535,10 +535,12 @@ def test_kernel_variant_choice(monkeypatch):
         ops.kernel_variant(dev)
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
     monkeypatch.setitem(ops._CAPABILITIES, 0, (9, 0))
-    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, "64")
-    assert ops._kernel_args(dev) == [1, 64]
-    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, "96")
-    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_WGMMA_ROWS"):
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, "m64w4")
+    assert ops._kernel_args(dev) == [1, 1]
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, "M128W4")
+    assert ops._kernel_args(dev) == [1, 3]
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, "128")
+    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_WGMMA_TILE"):
         ops._kernel_args(dev)
 
 
@@ -656,10 +658,10 @@ def test_gpu_wgmma_selftest_one_tile(d, dtype):
 @gpu
 @needs_hopper
 @pytest.mark.parametrize("case", WGMMA_CASES, ids=[c.id for c in WGMMA_CASES])
-@pytest.mark.parametrize("rows", ["", "64", "128"])
-def test_gpu_wgmma_matches_reference(case, rows, monkeypatch):
+@pytest.mark.parametrize("tile", ["", "m64w4", "m128w8", "m128w4"])
+def test_gpu_wgmma_matches_reference(case, tile, monkeypatch):
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
-    monkeypatch.setenv(ops.WGMMA_ROWS_ENV, rows)
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, tile)
     res = run_case(case)
     assert res["ok"], f"{case.id}: " + "; ".join(res["problems"]) + f" {res}"
     assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()

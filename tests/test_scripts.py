@@ -133,7 +133,7 @@ def test_cuda_kernel_resources_reads_every_kernel_of_a_unit():
                  "--filter", "sm90"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [ln.split() for ln in proc.stdout.splitlines()[1:] if ln.strip()]
-    assert len(rows) == 4, proc.stdout  # no bias / run-64 bias x 64 / 128 query rows
+    assert len(rows) == 6, proc.stdout  # no bias / run-64 bias x three tile shapes
     for row in rows:
         assert row[0] == "90a" and row[1].startswith("attn_fwd_sm90_kernel<bf16,")
         assert 64 <= int(row[-4]) <= 255, row  # registers

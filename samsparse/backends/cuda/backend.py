@@ -99,7 +99,9 @@ def last_launch() -> dict:
 
 
 KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
-WGMMA_ROWS_ENV = "SAMSPARSE_CUDA_WGMMA_ROWS"
+WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
+# csrc/fwd_params.h WgmmaTile: query rows per CTA and warps
+WGMMA_TILES = {"m64w4": 1, "m128w8": 2, "m128w4": 3}
 _KERNEL_CHOICES = ("mma", "wgmma")
 _CAPABILITIES: dict = {}
 
@@ -149,13 +151,13 @@ def wgmma_selftest(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, devi
 
 
 def _kernel_args(device: torch.device) -> list[int]:
-    """The extension's kernel fields: [variant, wgmma rows] (rows: 0 the kernel's rule, 64 or 128
-    forced by ``SAMSPARSE_CUDA_WGMMA_ROWS``, for A/B timings)."""
+    """The extension's kernel fields: [variant, wgmma tile] (tile: 0 the kernel's rule, else one of
+    ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings)."""
     variant = kernel_variant(device)
-    rows = os.environ.get(WGMMA_ROWS_ENV, "").strip()
-    if rows not in ("", "0", "64", "128"):
-        raise ValueError(f"{WGMMA_ROWS_ENV}={rows!r}: use 64 or 128 (or leave it unset)")
-    return [variant, int(rows or 0)]
+    tile = os.environ.get(WGMMA_TILE_ENV, "").strip().lower()
+    if tile and tile not in WGMMA_TILES:
+        raise ValueError(f"{WGMMA_TILE_ENV}={tile!r}: use one of {', '.join(WGMMA_TILES)} (or leave it unset)")
+    return [variant, WGMMA_TILES.get(tile, 0)]
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

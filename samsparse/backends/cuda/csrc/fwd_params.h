@@ -20,6 +20,13 @@ enum KernelVariant : int {
   kVariantSm90 = 1,     // fwd_sm90.cuh: wgmma (sm_90a)
 };
 
+// Tile shapes of the Hopper kernel: query rows per CTA / warps.
+enum WgmmaTile : int {
+  kWgmmaM64W4 = 1,   // one warpgroup, one 64-row block
+  kWgmmaM128W8 = 2,  // two warpgroups of 64 rows
+  kWgmmaM128W4 = 3,  // one warpgroup, two 64-row blocks
+};
+
 struct FwdParams {
   // Tensors. q [B, H, Nq, D], k/v [B, Hkv, Nk, D], out like q: element strides for
   // batch, head and token (the head-dim stride is 1, pointers and strides 16-byte aligned).
@@ -66,7 +73,7 @@ struct FwdParams {
   // Kernel variant: in, the one asked for (kVariantSm90: the Hopper kernel where it serves the
   // call; only on sm_90 devices with an sm_90a build); out, the one that ran.
   int variant = 0;
-  int wgmma_rows = 0;  // Hopper kernel's query rows per CTA: 0 its rule, 64 or 128 forced
+  int wgmma_tile = 0;  // Hopper kernel's tile shape: 0 its rule, else a WgmmaTile (forced)
 
   // Filled in by the launcher (outputs, for diagnostics).
   int bias_mode = 0;

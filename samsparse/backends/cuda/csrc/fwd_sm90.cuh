@@ -29,12 +29,14 @@ namespace fwd {
 namespace sm90 {
 
 constexpr int kBlockN = 64;  // keys per tile (one row of SAM's 64 x 64 key grid)
-// kWG warpgroups of 64 query rows per CTA: 1 (64 rows, 128 threads, up to 3 CTAs per SM; no idle
-// rows for masks of 64-token query blocks) or 2 (128 rows, 256 threads, one K/V tile feeds both).
-template <int kWG> struct Rows {
-  static constexpr int kBlockM = 64 * kWG;
+// Query rows per CTA: kWG warpgroups, each owning kMT blocks of 64 rows (one wgmma m64 each; a
+// warp holds 16 rows of every block). Shapes: (1, 1) 64 rows, 128 threads, up to 3 CTAs per SM, no
+// idle rows for masks of 64-token query blocks; (2, 1) 128 rows, 256 threads; (1, 2) 128 rows, 128
+// threads (each K/V tile and each step's fixed work serve twice the logits per thread).
+template <int kWG, int kMT> struct Rows {
+  static constexpr int kBlockM = 64 * kMT * kWG;
   static constexpr int kThreads = 128 * kWG;
-  static constexpr int kMinBlocks = kWG == 1 ? 3 : 1;
+  static constexpr int kMinBlocks = (kWG == 1 && kMT == 1) ? 3 : kWG == 1 ? 2 : 1;
 };
 
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
@@ -47,9 +49,8 @@ template <int D> struct Panels {
 // Shared memory map (offsets from a 1024-byte aligned base):
 //   [Q p0 | K0 p0 | K1 p0 | V0 p0 | V1 p0 | Q p1 | K0 p1 | K1 p1 | V0 p1 | V1 p1 | ints]
 // The output tile is staged in the K/V area (p0) after the loop.
-template <int D, int kWG> struct Smem {
+template <int D, int kBlockM> struct Smem {
   using P = Panels<D>;
-  static constexpr int kBlockM = Rows<kWG>::kBlockM;
   static constexpr int kQ0 = 0;
   static constexpr int kK0 = kQ0 + kBlockM * P::kRow0;        // 2 stages of K, then 2 of V
   static constexpr int kKV0Bytes = kBlockN * P::kRow0;         // one K or V tile, panel 0
@@ -151,12 +152,13 @@ SAMSPARSE_WG_TYPE(__nv_bfloat16, "bf16")
 #undef SAMSPARSE_WG_D32
 
 // ------------------------------------------------------------------------------ kernel
-template <typename T, int D, int kBias, int kWG>
-__global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) attn_fwd_sm90_kernel(const FwdParams p) {
+template <typename T, int D, int kBias, int kWG, int kMT>
+__global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMinBlocks)
+    attn_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Smem<D, kWG>;
-  constexpr int kBlockM = Rows<kWG>::kBlockM;
-  constexpr int kThreads = Rows<kWG>::kThreads;
+  constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
+  constexpr int kThreads = Rows<kWG, kMT>::kThreads;
+  using S = Smem<D, kBlockM>;
   constexpr bool kP1 = D > 64;       // second panel (d = 80)
   constexpr int kChunks = D / 8;     // 16-byte chunks per row
   constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
@@ -173,10 +175,13 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  const int wg = warp >> 2;                              // warpgroup: query rows [64 wg, 64 wg + 64)
+  const int wg = warp >> 2;  // warpgroup: query rows [64 kMT wg, 64 kMT (wg + 1))
   const int g = lane >> 2;
   const int tq = lane & 3;
-  const int row_a = wg * 64 + (warp & 3) * 16 + g;       // this thread's rows: row_a and row_a + 8
+  // this thread's rows: row_a[mt] and row_a[mt] + 8 of each 64-row block mt of its warpgroup
+  int row_a[kMT];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) row_a[mt] = (wg * kMT + mt) * 64 + (warp & 3) * 16 + g;
 
   // ---------------------------------------------------------------- which tile (as fwd_kernel.cuh)
   const Site site = locate(p);
@@ -255,26 +260,33 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   cp_async_commit();
 
   // this thread's query tokens and, for the run-64 bias, its rows' width terms (packed pairs:
-  // wv[hf][nt] = rel_w[row, 8 nt + 2 tq], rel_w[row, 8 nt + 2 tq + 1])
-  int qtok[2];
-  qtok[0] = sQTok[row_a];
-  qtok[1] = sQTok[row_a + 8];
-  uint32_t wv[2][NT];
+  // wv[mt][hf][nt] = rel_w[row, 8 nt + 2 tq], rel_w[row, 8 nt + 2 tq + 1])
+  int qtok[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    qtok[mt][0] = sQTok[row_a[mt]];
+    qtok[mt][1] = sQTok[row_a[mt] + 8];
+  }
+  uint32_t wv[kMT][2][NT];
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
     rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
     const uint16_t* rw = reinterpret_cast<const uint16_t*>(p.rel_w) + b * p.rw_sb + h * p.rw_sh;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        uint32_t lo = 0, hi = 0;
-        if (qtok[hf] >= 0) {
-          const uint16_t* src = rw + static_cast<int64_t>(qtok[hf]) * p.rw_sq + static_cast<int64_t>(nt * 8 + 2 * tq) * p.rw_sc;
-          lo = __ldg(src);
-          hi = __ldg(src + p.rw_sc);
+      for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          uint32_t lo = 0, hi = 0;
+          if (qtok[mt][hf] >= 0) {
+            const uint16_t* src =
+                rw + static_cast<int64_t>(qtok[mt][hf]) * p.rw_sq + static_cast<int64_t>(nt * 8 + 2 * tq) * p.rw_sc;
+            lo = __ldg(src);
+            hi = __ldg(src + p.rw_sc);
+          }
+          wv[mt][hf][nt] = lo | (hi << 16);
         }
-        wv[hf][nt] = lo | (hi << 16);
       }
     }
   }
@@ -282,20 +294,21 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   const float scale = p.scale;
   const float mult = (kBias == kBiasNone) ? scale * kLog2e : kLog2e;
 
-  float acc0[DT0 * 4];
-  float acc1[kP1 ? 8 : 1];
+  float acc0[kMT][DT0 * 4];
+  float acc1[kMT][kP1 ? 8 : 1];
+  float row_m[kMT][2], row_l[kMT][2];
+  float s[kMT][NT * 4];  // S of the current tile (wgmma accumulator layout), then P
 #pragma unroll
-  for (int i = 0; i < DT0 * 4; ++i) acc0[i] = 0.f;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-  for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[i] = 0.f;
-  float row_m[2] = {-INFINITY, -INFINITY};
-  float row_l[2] = {0.f, 0.f};
-  float s[NT * 4];  // S of the current tile (wgmma accumulator layout), then P
+    for (int i = 0; i < DT0 * 4; ++i) acc0[mt][i] = 0.f;
 #pragma unroll
-  for (int i = 0; i < NT * 4; ++i) s[i] = 0.f;
-
-  const uint32_t qa0 = base + S::kQ0 + wg * 64 * 128;  // this warpgroup's 64 rows of Q
-  const uint32_t qa1 = base + S::kQ1 + wg * 64 * 32;
+    for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[mt][i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < NT * 4; ++i) s[mt][i] = 0.f;
+    row_m[mt][0] = row_m[mt][1] = -INFINITY;
+    row_l[mt][0] = row_l[mt][1] = 0.f;
+  }
 
   // ---------------------------------------------------------------- main loop
   int slot = 0;
@@ -316,108 +329,133 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
     const bool full = kBias == kBiasRun64 || n_valid == kBlockN;
 
     // height term of this tile's key-grid row (one value per row), loaded before the product
-    float hv[2] = {0.f, 0.f};
-    if constexpr (kBias == kBiasRun64) {
-      const int krow = min(t0 / kBlockN, p.rgh - 1);
+    float hv[kMT][2];
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        if (qtok[hf] >= 0) {
-          hv[hf] = Num<T>::to_float(
-              __ldg(rh_base + static_cast<int64_t>(qtok[hf]) * p.rh_sq + static_cast<int64_t>(krow) * p.rh_sr));
+    for (int mt = 0; mt < kMT; ++mt) {
+      hv[mt][0] = hv[mt][1] = 0.f;
+      if constexpr (kBias == kBiasRun64) {
+        const int krow = min(t0 / kBlockN, p.rgh - 1);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          if (qtok[mt][hf] >= 0) {
+            hv[mt][hf] = Num<T>::to_float(__ldg(rh_base + static_cast<int64_t>(qtok[mt][hf]) * p.rh_sq +
+                                                static_cast<int64_t>(krow) * p.rh_sr));
+          }
         }
       }
     }
 
-    // ---- S = Q K^T
-    fence_regs(s);
+    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile)
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
     wg_fence();
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      Wg<T>::ss_n64(s, desc_k128(qa0 + ks * 32), desc_k128(k0_addr(t & 1) + ks * 32), ks > 0);
-    }
-    if constexpr (kP1) Wg<T>::ss_n64(s, desc_k32(qa1), desc_k32(k1_addr(t & 1)), 1);
-    wg_commit();
-    wg_wait0();
-    fence_regs(s);
-
-    // ---- bias and mask
+    for (int mt = 0; mt < kMT; ++mt) {
+      const uint32_t qa0 = base + S::kQ0 + (wg * kMT + mt) * 64 * 128;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float& x = s[nt * 4 + e];
-        if constexpr (kBias == kBiasRun64) {
-          const uint32_t w2 = wv[e >> 1][nt];
-          const float w = Num<T>::to_float(static_cast<uint16_t>((e & 1) ? (w2 >> 16) : (w2 & 0xffffu)));
-          x = fmaf(x, scale, w);
-        }
-        if (!full) {
-          const int col = nt * 8 + 2 * tq + (e & 1);
-          if (col >= n_valid) x = -INFINITY;
-        }
+      for (int ks = 0; ks < 4; ++ks) {
+        Wg<T>::ss_n64(s[mt], desc_k128(qa0 + ks * 32), desc_k128(k0_addr(t & 1) + ks * 32), ks > 0);
+      }
+      if constexpr (kP1) {
+        const uint32_t qa1 = base + S::kQ1 + (wg * kMT + mt) * 64 * 32;
+        Wg<T>::ss_n64(s[mt], desc_k32(qa1), desc_k32(k1_addr(t & 1)), 1);
       }
     }
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
 
-    // ---- online softmax (base 2); the height term enters through the row max
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_tile = mx + hv[hf];  // -inf stays -inf
-      const float m_new = fmaxf(row_m[hf], m_tile);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float off = (hv[hf] - m_use) * mult;
-      const float alpha = ex2((row_m[hf] - m_use) * mult);
-      row_m[hf] = m_new;
-      float rs = 0.f;
+    for (int mt = 0; mt < kMT; ++mt) {
+      // ---- bias and mask
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-        for (int e1 = 0; e1 < 2; ++e1) {
-          float& x = s[nt * 4 + 2 * hf + e1];
-          x = ex2(fmaf(x, mult, off));
-          rs += x;
+        for (int e = 0; e < 4; ++e) {
+          float& x = s[mt][nt * 4 + e];
+          if constexpr (kBias == kBiasRun64) {
+            const uint32_t w2 = wv[mt][e >> 1][nt];
+            const float w = Num<T>::to_float(static_cast<uint16_t>((e & 1) ? (w2 >> 16) : (w2 & 0xffffu)));
+            x = fmaf(x, scale, w);
+          }
+          if (!full) {
+            const int col = nt * 8 + 2 * tq + (e & 1);
+            if (col >= n_valid) x = -INFINITY;
+          }
         }
       }
-      row_l[hf] = row_l[hf] * alpha + rs;
+
+      // ---- online softmax (base 2); the height term enters through the row max
 #pragma unroll
-      for (int dt = 0; dt < DT0; ++dt) {
-        acc0[dt * 4 + 2 * hf] *= alpha;
-        acc0[dt * 4 + 2 * hf + 1] *= alpha;
-      }
-      if constexpr (kP1) {
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = -INFINITY;
 #pragma unroll
-        for (int dt = 0; dt < 2; ++dt) {
-          acc1[dt * 4 + 2 * hf] *= alpha;
-          acc1[dt * 4 + 2 * hf + 1] *= alpha;
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_tile = mx + hv[mt][hf];  // -inf stays -inf
+        const float m_new = fmaxf(row_m[mt][hf], m_tile);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float off = (hv[mt][hf] - m_use) * mult;
+        const float alpha = ex2((row_m[mt][hf] - m_use) * mult);
+        row_m[mt][hf] = m_new;
+        float rs = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+          for (int e1 = 0; e1 < 2; ++e1) {
+            float& x = s[mt][nt * 4 + 2 * hf + e1];
+            x = ex2(fmaf(x, mult, off));
+            rs += x;
+          }
+        }
+        row_l[mt][hf] = row_l[mt][hf] * alpha + rs;
+#pragma unroll
+        for (int dt = 0; dt < DT0; ++dt) {
+          acc0[mt][dt * 4 + 2 * hf] *= alpha;
+          acc0[mt][dt * 4 + 2 * hf + 1] *= alpha;
+        }
+        if constexpr (kP1) {
+#pragma unroll
+          for (int dt = 0; dt < 2; ++dt) {
+            acc1[mt][dt * 4 + 2 * hf] *= alpha;
+            acc1[mt][dt * 4 + 2 * hf + 1] *= alpha;
+          }
         }
       }
     }
 
     // ---- O += P V (P re-packed as the register A operand, 16 keys per k-step)
-    uint32_t a[4][4];
+    uint32_t a[kMT][4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      a[kk][0] = Num<T>::pack(s[(2 * kk) * 4 + 0], s[(2 * kk) * 4 + 1]);
-      a[kk][1] = Num<T>::pack(s[(2 * kk) * 4 + 2], s[(2 * kk) * 4 + 3]);
-      a[kk][2] = Num<T>::pack(s[(2 * kk + 1) * 4 + 0], s[(2 * kk + 1) * 4 + 1]);
-      a[kk][3] = Num<T>::pack(s[(2 * kk + 1) * 4 + 2], s[(2 * kk + 1) * 4 + 3]);
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        a[mt][kk][0] = Num<T>::pack(s[mt][(2 * kk) * 4 + 0], s[mt][(2 * kk) * 4 + 1]);
+        a[mt][kk][1] = Num<T>::pack(s[mt][(2 * kk) * 4 + 2], s[mt][(2 * kk) * 4 + 3]);
+        a[mt][kk][2] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 0], s[mt][(2 * kk + 1) * 4 + 1]);
+        a[mt][kk][3] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 2], s[mt][(2 * kk + 1) * 4 + 3]);
+      }
+      fence_regs(acc0[mt]);
+      if constexpr (kP1) fence_regs(acc1[mt]);
     }
-    fence_regs(acc0);
-    if constexpr (kP1) fence_regs(acc1);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      Wg<T>::rs_n64(acc0, a[kk], desc_mn128(v0_addr(t & 1) + kk * 16 * 128));
-      if constexpr (kP1) Wg<T>::rs_n16(acc1, a[kk], desc_mn32(v1_addr(t & 1) + kk * 16 * 32));
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        Wg<T>::rs_n64(acc0[mt], a[mt][kk], desc_mn128(v0_addr(t & 1) + kk * 16 * 128));
+        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], desc_mn32(v1_addr(t & 1) + kk * 16 * 32));
+      }
     }
     wg_commit();
     wg_wait0();
-    fence_regs(acc0);
-    if constexpr (kP1) fence_regs(acc1);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      fence_regs(acc0[mt]);
+      if constexpr (kP1) fence_regs(acc1[mt]);
+    }
 
     if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);
     __syncthreads();  // stage t & 1 and table `slot` are free again
@@ -436,19 +474,22 @@ __global__ void __launch_bounds__(Rows<kWG>::kThreads, Rows<kWG>::kMinBlocks) at
   __syncthreads();
   uint16_t* sO = reinterpret_cast<uint16_t*>(smem + S::kK0);
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int row = row_a + 8 * hf;
-    const float inv = finish_row(p, site, row_l[hf], row_m[hf], mult, qtok[hf], tq);
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int dt = 0; dt < DT0; ++dt) {
-      *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + dt * 8 + 2 * tq) =
-          Num<T>::pack(acc0[dt * 4 + 2 * hf] * inv, acc0[dt * 4 + 2 * hf + 1] * inv);
-    }
-    if constexpr (kP1) {
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = row_a[mt] + 8 * hf;
+      const float inv = finish_row(p, site, row_l[mt][hf], row_m[mt][hf], mult, qtok[mt][hf], tq);
 #pragma unroll
-      for (int dt = 0; dt < 2; ++dt) {
-        *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + 64 + dt * 8 + 2 * tq) =
-            Num<T>::pack(acc1[dt * 4 + 2 * hf] * inv, acc1[dt * 4 + 2 * hf + 1] * inv);
+      for (int dt = 0; dt < DT0; ++dt) {
+        *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + dt * 8 + 2 * tq) =
+            Num<T>::pack(acc0[mt][dt * 4 + 2 * hf] * inv, acc0[mt][dt * 4 + 2 * hf + 1] * inv);
+      }
+      if constexpr (kP1) {
+#pragma unroll
+        for (int dt = 0; dt < 2; ++dt) {
+          *reinterpret_cast<uint32_t*>(sO + row * S::kOStride + 64 + dt * 8 + 2 * tq) =
+              Num<T>::pack(acc1[mt][dt * 4 + 2 * hf] * inv, acc1[mt][dt * 4 + 2 * hf + 1] * inv);
+        }
       }
     }
   }
@@ -475,11 +516,11 @@ inline bool device_is_sm90() {
   return yes;
 }
 
-template <typename T, int D, int kBias, int kWG>
+template <typename T, int D, int kBias, int kWG, int kMT>
 const char* launch(FwdParams& p, cudaStream_t stream) {
-  constexpr int kBlockM = Rows<kWG>::kBlockM;
-  auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG>;
-  const int smem = Smem<D, kWG>::kBytes;
+  constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
+  auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT>;
+  const int smem = Smem<D, kBlockM>::kBytes;
   // query tiles of kBlockM rows (run_fwd_hd set them up for the mma.sync kernel's 128)
   if (p.kv_num == nullptr) {
     p.bq = kBlockM;
@@ -505,7 +546,7 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
   if (ctas <= 0) return nullptr;
   if (ctas > INT_MAX) return format_error("too many thread blocks (%lld > %lld)", ctas, INT_MAX);
-  kernel<<<static_cast<unsigned>(ctas), Rows<kWG>::kThreads, smem, stream>>>(p);
+  kernel<<<static_cast<unsigned>(ctas), Rows<kWG, kMT>::kThreads, smem, stream>>>(p);
   p.variant = kVariantSm90;
   err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
@@ -514,8 +555,19 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
 }  // namespace sm90
 
 // The Hopper kernel for this call, if it serves it: head dim 64 or 80, sequence layout, no bias or
-// run-64 bias. Query tiles of 64 rows (one warpgroup) when the mask's query blocks have at most 64
-// tokens, else 128; p.wgmma_rows = 64 or 128 forces one (benchmarks).
+// run-64 bias. Tile shape (p.wgmma_tile, kWgmma* in fwd_params.h): 64 rows / 4 warps when the mask's
+// query blocks have at most 64 tokens (no idle rows); else 128 rows / 4 warps (fewest instructions per
+// logit offline), except d = 80 with the run-64 bias, which spills there (56 B) and takes 128 rows /
+// 8 warps. Untimed choices: a nonzero p.wgmma_tile forces one for A/B runs.
+template <typename T, int D, int kBias>
+const char* launch_shape(FwdParams& p, cudaStream_t stream, int tile) {
+  switch (tile) {
+    case kWgmmaM64W4: return sm90::launch<T, D, kBias, 1, 1>(p, stream);
+    case kWgmmaM128W8: return sm90::launch<T, D, kBias, 2, 1>(p, stream);
+    default: return sm90::launch<T, D, kBias, 1, 2>(p, stream);
+  }
+}
+
 template <typename T, int D>
 const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
   *taken = false;
@@ -525,10 +577,12 @@ const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
     const bool dense = p.kv_num == nullptr;
     const bool run64 = p.rel_h != nullptr && runs_fit(p, 64, sm90::kBlockN, dense);
     if (p.rel_h != nullptr && !run64) return nullptr;
-    const bool rows64 = p.wgmma_rows == 64 || (p.wgmma_rows != 128 && !dense && p.bq <= 64);
+    const int tile = p.wgmma_tile != 0            ? p.wgmma_tile
+                     : (!dense && p.bq <= 64)      ? kWgmmaM64W4
+                     : (run64 && D == 80)          ? kWgmmaM128W8
+                                                   : kWgmmaM128W4;
     *taken = true;
-    if (run64) return rows64 ? sm90::launch<T, D, kBiasRun64, 1>(p, stream) : sm90::launch<T, D, kBiasRun64, 2>(p, stream);
-    return rows64 ? sm90::launch<T, D, kBiasNone, 1>(p, stream) : sm90::launch<T, D, kBiasNone, 2>(p, stream);
+    return run64 ? launch_shape<T, D, kBiasRun64>(p, stream, tile) : launch_shape<T, D, kBiasNone>(p, stream, tile);
   }
   return nullptr;
 }
