@@ -164,6 +164,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
   constexpr int DT0 = 8;             // n8 chunks of O in panel 0
   static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
+  constexpr bool kSkipRescale = !(kMT == 2 && kBias == kBiasRun64);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw_u32 = smem_u32(smem_raw);
@@ -345,20 +346,19 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
     }
 
-    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile)
+    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile). A k-step of 16 columns
+    // moves a K-major descriptor's start address by 32 bytes: + 2 in its (address >> 4) field.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
     wg_fence();
+    const uint64_t dk0 = desc_k128(k0_addr(t & 1));
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      const uint32_t qa0 = base + S::kQ0 + (wg * kMT + mt) * 64 * 128;
+      const uint64_t dq0 = desc_k128(base + S::kQ0 + (wg * kMT + mt) * 64 * 128);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        Wg<T>::ss_n64(s[mt], desc_k128(qa0 + ks * 32), desc_k128(k0_addr(t & 1) + ks * 32), ks > 0);
-      }
+      for (int ks = 0; ks < 4; ++ks) Wg<T>::ss_n64(s[mt], dq0 + 2 * ks, dk0 + 2 * ks, ks > 0);
       if constexpr (kP1) {
-        const uint32_t qa1 = base + S::kQ1 + (wg * kMT + mt) * 64 * 32;
-        Wg<T>::ss_n64(s[mt], desc_k32(qa1), desc_k32(k1_addr(t & 1)), 1);
+        Wg<T>::ss_n64(s[mt], desc_k32(base + S::kQ1 + (wg * kMT + mt) * 64 * 32), desc_k32(k1_addr(t & 1)), 1);
       }
     }
     wg_commit();
@@ -411,16 +411,20 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
           }
         }
         row_l[mt][hf] = row_l[mt][hf] * alpha + rs;
+        // alpha is exactly 1 while a row's max holds: the warp skips the rescale when none of its rows moved
+        // (not on m128w4 tiles with the bias: the branch costs spills there, offline)
+        if (!kSkipRescale || __any_sync(0xffffffffu, alpha != 1.f)) {
 #pragma unroll
-        for (int dt = 0; dt < DT0; ++dt) {
-          acc0[mt][dt * 4 + 2 * hf] *= alpha;
-          acc0[mt][dt * 4 + 2 * hf + 1] *= alpha;
-        }
-        if constexpr (kP1) {
+          for (int dt = 0; dt < DT0; ++dt) {
+            acc0[mt][dt * 4 + 2 * hf] *= alpha;
+            acc0[mt][dt * 4 + 2 * hf + 1] *= alpha;
+          }
+          if constexpr (kP1) {
 #pragma unroll
-          for (int dt = 0; dt < 2; ++dt) {
-            acc1[mt][dt * 4 + 2 * hf] *= alpha;
-            acc1[mt][dt * 4 + 2 * hf + 1] *= alpha;
+            for (int dt = 0; dt < 2; ++dt) {
+              acc1[mt][dt * 4 + 2 * hf] *= alpha;
+              acc1[mt][dt * 4 + 2 * hf + 1] *= alpha;
+            }
           }
         }
       }
@@ -441,12 +445,15 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       if constexpr (kP1) fence_regs(acc1[mt]);
     }
     wg_fence();
+    // 16 keys further down V: + 16 rows = 2048 bytes (panel 0) / 512 bytes (panel 1), >> 4 in the field
+    const uint64_t dv0 = desc_mn128(v0_addr(t & 1));
+    const uint64_t dv1 = kP1 ? desc_mn32(v1_addr(t & 1)) : 0;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        Wg<T>::rs_n64(acc0[mt], a[mt][kk], desc_mn128(v0_addr(t & 1) + kk * 16 * 128));
-        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], desc_mn32(v1_addr(t & 1) + kk * 16 * 32));
+        Wg<T>::rs_n64(acc0[mt], a[mt][kk], dv0 + 128 * kk);
+        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], dv1 + 32 * kk);
       }
     }
     wg_commit();
