@@ -47,7 +47,7 @@ CASES = [
     Case(1, 4, 2, (9, 11), 96, "fp16", mask="random", block=64, rel="none", seed=8),        # GQA, d=96->128
 ]
 SMALL = [0, 1, 3, 5]
-# --wgmma (compute capability 9.0): the Hopper kernel's calls, 64- and 128-row tiles
+# --wgmma (compute capability 9.0): the Hopper kernel's calls, each with its own tile choice and forced to every tile
 WGMMA_CASES = [
     Case(1, 2, 2, (10, 20), 80, "bf16", mask="none", rel="none"),                           # no bias, partial tile
     Case(1, 2, 2, (4, 64), 64, "fp16", mask="random", block=64, rel="tables", seed=11),     # run-64, 64-row tiles
@@ -64,20 +64,21 @@ def main() -> int:
         print("cuda_memcheck_case.py needs a CUDA GPU (run it under compute-sanitizer on a GPU machine)", file=sys.stderr)
         return 2
     small = "--small" in sys.argv
-    cases = list(enumerate(CASES))
+    cases = [(i, c, "") for i, c in enumerate(CASES)]
     if "--wgmma" in sys.argv:
         if torch.cuda.get_device_capability() != (9, 0):
             print("--wgmma needs a compute capability 9.0 GPU (H100/H200)", file=sys.stderr)
             return 2
         os.environ[ops.KERNEL_ENV] = "wgmma"  # read by every call; calls it does not serve run mma.sync
-        cases = [(i, c) for i, c in enumerate(WGMMA_CASES)]
+        cases = [(i, c, tile) for tile in ("", *ops.WGMMA_TILES) for i, c in enumerate(WGMMA_CASES)]
         small = False
     cb = CudaBackend()
     worst = 0.0
     failures = 0
-    for i, case in cases:
+    for i, case, tile in cases:
         if small and i not in SMALL:
             continue
+        os.environ[ops.WGMMA_TILE_ENV] = tile  # "" = the kernel's own choice
         q, k, v, mask, rel_pos = make_inputs(case, "cuda")
         reason = cb.why_not(q, k, v, mask, rel_pos, return_lse=True)
         if reason is not None:
@@ -87,7 +88,7 @@ def main() -> int:
         out, lse = cb.attend(q, k, v, mask, rel_pos, return_lse=True)
         torch.cuda.synchronize()
         launch = ops.last_launch()
-        mode = f"{launch['bias_mode']} kernel={launch['kernel']}"
+        mode = f"{launch['bias_mode']} kernel={launch['kernel']}" + (f" tile={tile}" if tile else "")
         ref = reference_attention(q, k, v, mask, rel_pos)
         err = float((out.double() - ref.double()).abs().max())
         worst = max(worst, err)
