@@ -272,6 +272,12 @@ def stage_bench() -> int:
                 (f"wgmma sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
                  "sparse64", wg),
             ]
+            for tile in cuda_ops.WGMMA_TILES:  # every tile shape forced, for the default's A/B
+                env = {**wg, cuda_ops.WGMMA_TILE_ENV: tile}
+                contenders += [
+                    (f"wgmma {tile} (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", env),
+                    (f"wgmma {tile} rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", env),
+                ]
 
         def rp_fresh():
             return RelPos(rp_tab.q_grid, rp_tab.k_grid, rp_tab.rh, rp_tab.rw)
