@@ -704,13 +704,10 @@ inline int device_smem_optin(int dev) {
   return cache[dev];
 }
 
-template <typename T, int D, int kBias>
-const char* launch(FwdParams& p, cudaStream_t stream) {
-  using C = Cfg<D>;
-  auto kernel = attn_fwd_kernel<T, D, kBias>;
-  const int smem = SmemLayout<D>::bytes(kBias, p.rgh, p.rgw);
-  p.smem_bytes = smem;
-  p.bias_mode = kBias;
+// Launches `kernel` on one CTA per (query tile, batch, head) with `smem` bytes of dynamic shared memory,
+// raising the kernel's limit first where needed (`configured`: the kernel's own per-device record).
+inline const char* launch_ctas(void (*kernel)(const FwdParams), FwdParams& p, int threads, int smem,
+                               int (&configured)[64], cudaStream_t stream) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -718,7 +715,6 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   if (smem > optin) {
     return format_error("the kernel needs %lld bytes of shared memory per block, the device allows %lld", smem, optin);
   }
-  static int configured[64] = {0};
   if (smem > 48 * 1024 && (dev >= 64 || configured[dev] < smem)) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -727,9 +723,20 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
   if (ctas <= 0) return nullptr;
   if (ctas > INT_MAX) return format_error("too many thread blocks (%lld > %lld)", ctas, INT_MAX);
-  kernel<<<static_cast<unsigned>(ctas), C::kNWarps * 32, smem, stream>>>(p);
+  kernel<<<static_cast<unsigned>(ctas), threads, smem, stream>>>(p);
   err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+template <typename T, int D, int kBias>
+const char* launch(FwdParams& p, cudaStream_t stream) {
+  using C = Cfg<D>;
+  auto kernel = attn_fwd_kernel<T, D, kBias>;
+  const int smem = SmemLayout<D>::bytes(kBias, p.rgh, p.rgw);
+  p.smem_bytes = smem;
+  p.bias_mode = kBias;
+  static int configured[64] = {0};
+  return launch_ctas(kernel, p, C::kNWarps * 32, smem, configured, stream);
 }
 
 // Can key tiles of kernel width block_n be described as runs of w key-grid columns?

@@ -541,22 +541,9 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   p.bias_mode = kBias;
   p.block_m = kBlockM;
   p.block_n = kBlockN;
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return cudaGetErrorString(err);
-  static int configured[64] = {0};
-  if (smem > 48 * 1024 && (dev >= 64 || configured[dev] < smem)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return cudaGetErrorString(err);
-    if (dev < 64) configured[dev] = smem;
-  }
-  const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
-  if (ctas <= 0) return nullptr;
-  if (ctas > INT_MAX) return format_error("too many thread blocks (%lld > %lld)", ctas, INT_MAX);
-  kernel<<<static_cast<unsigned>(ctas), Rows<kWG, kMT>::kThreads, smem, stream>>>(p);
   p.variant = kVariantSm90;
-  err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  static int configured[64] = {0};
+  return launch_ctas(kernel, p, Rows<kWG, kMT>::kThreads, smem, configured, stream);
 }
 
 }  // namespace sm90
