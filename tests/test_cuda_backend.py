@@ -544,6 +544,100 @@ def test_kernel_variant_choice(monkeypatch):
         ops._kernel_args(dev)
 
 
+_LAYOUT_PROGRAM = r"""
+#include "fwd_sm90.cuh"
+#include <cstdio>
+using namespace samsparse::fwd::sm90;
+int main() {
+  using Op = Operands<HEAD_DIM, 128>;
+  const uint32_t base = 5 * 1024;  // the kernel aligns its base to 1024 bytes
+  const int chunks = HEAD_DIM / 8, ksteps = HEAD_DIM > 64 ? 5 : 4, panels = HEAD_DIM > 64 ? 2 : 1;
+  for (int r = 0; r < 128; ++r)
+    for (int c = 0; c < chunks; ++c) std::printf("q %d %d %u\n", r, c, Op::q_chunk(base, r, c));
+  for (int st = 0; st < 2; ++st)
+    for (int v = 0; v < 2; ++v)
+      for (int r = 0; r < 64; ++r)
+        for (int c = 0; c < chunks; ++c) std::printf("kv %d %d %d %d %u\n", st, v, r, c, Op::kv_chunk(base, st, v, r, c));
+  for (int b = 0; b < 2; ++b)
+    for (int ks = 0; ks < ksteps; ++ks) std::printf("qd %d %d %llu\n", b, ks, (unsigned long long)Op::q_desc(base, b, ks));
+  for (int st = 0; st < 2; ++st)
+    for (int ks = 0; ks < ksteps; ++ks) std::printf("kd %d %d %llu\n", st, ks, (unsigned long long)Op::k_desc(base, st, ks));
+  for (int st = 0; st < 2; ++st)
+    for (int pn = 0; pn < panels; ++pn)
+      for (int kk = 0; kk < 4; ++kk) std::printf("vd %d %d %d %llu\n", st, pn, kk, (unsigned long long)Op::v_desc(base, st, pn, kk));
+  return 0;
+}
+"""
+
+
+def _swizzled(addr: int, width: int) -> int:
+    """Physical shared address of a logical one under the 128- / 32-byte swizzle (16-byte units)."""
+    return addr ^ ((((addr >> 7) & (7 if width == 128 else 1))) << 4)
+
+
+def _read_operand(mem: dict, desc: int, rows: int, cols: int, mn_major: bool) -> list:
+    """What wgmma reads through ``desc`` (PTX ISA matrix-descriptor and canonical swizzled layouts):
+    K-major: rows x 16 (row i: 8-row group i // 8 at SBO, row i % 8 of the atom, k contiguous);
+    MN-major (transposed B): 16 keys x cols (key k: 8-key group at the group stride, cols contiguous)."""
+    start = (desc & 0x3FFF) << 4
+    lbo, sbo = ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
+    assert (desc >> 49) & 7 == 0, "base offset must be 0 (atoms aligned)"
+    width = {1: 128, 3: 32}[desc >> 62]
+    out = []
+    if not mn_major:
+        for i in range(rows):
+            out.append([mem.get(_swizzled(start + (i // 8) * sbo + (i % 8) * width + 2 * k, width)) for k in range(16)])
+    else:
+        assert lbo == sbo, "one swizzle atom wide: both offsets carry the 8-key group stride"
+        for k in range(16):
+            out.append([mem.get(_swizzled(start + (k // 8) * sbo + (k % 8) * width + 2 * n, width)) for n in range(cols)])
+    return out
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+@pytest.mark.parametrize("d", [64, 80])
+def test_wgmma_layouts_read_back_the_written_tiles(tmp_path, d):
+    """The Hopper kernel's cp.async placement (Operands::q_chunk / kv_chunk) and its wgmma descriptors
+    (q_desc / k_desc / v_desc), run on the host, agree: reading every operand through its descriptor as
+    the PTX ISA lays out swizzled matrices gives back exactly the Q / K / V elements each product needs."""
+    src = tmp_path / "layout.cu"
+    src.write_text(_LAYOUT_PROGRAM)
+    exe = tmp_path / "layout"
+    proc = subprocess.run([_nvcc(), "-std=c++17", f"-DHEAD_DIM={d}", "-I", str(CSRC), str(src), "-o", str(exe)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    mem, qd, kd, vd = {}, {}, {}, {}
+    for ln in filter(None, lines):
+        f = ln.split()
+        if f[0] in ("q", "kv"):
+            key = ("q", int(f[1]), int(f[2])) if f[0] == "q" else ("kv", int(f[1]), int(f[2]), int(f[3]), int(f[4]))
+            addr = int(f[-1])
+            assert addr % 16 == 0
+            *tile, row, ch = key
+            for e in range(8):  # a chunk: 8 consecutive 16-bit elements of one row
+                assert addr + 2 * e not in mem, f"two elements at {addr + 2 * e}"
+                mem[addr + 2 * e] = (*tile, row, ch * 8 + e)
+        elif f[0] == "qd":
+            qd[int(f[1]), int(f[2])] = int(f[3])
+        elif f[0] == "kd":
+            kd[int(f[1]), int(f[2])] = int(f[3])
+        else:
+            vd[int(f[1]), int(f[2]), int(f[3])] = int(f[4])
+    ksteps = 5 if d > 64 else 4
+    for (blk, ks), desc in qd.items():  # A of S = Q K^T: 64 rows of block blk, columns 16 ks ...
+        got = _read_operand(mem, desc, 64, 16, mn_major=False)
+        assert got == [[("q", 64 * blk + i, 16 * ks + k) for k in range(16)] for i in range(64)], (blk, ks)
+    for (st, ks), desc in kd.items():  # B of S = Q K^T: the stage's 64 keys, columns 16 ks ...
+        got = _read_operand(mem, desc, 64, 16, mn_major=False)
+        assert got == [[("kv", st, 0, i, 16 * ks + k) for k in range(16)] for i in range(64)], (st, ks)
+    for (st, pn, kk), desc in vd.items():  # B of O += P V: keys 16 kk ..., the panel's columns
+        cols = 64 if pn == 0 else 16
+        got = _read_operand(mem, desc, 16, cols, mn_major=True)
+        assert got == [[("kv", st, 1, 16 * kk + k, 64 * pn + n) for n in range(cols)] for k in range(16)], (st, pn, kk)
+    assert len(qd) == 2 * ksteps and len(kd) == 2 * ksteps and len(vd) == 2 * (2 if d > 64 else 1) * 4
+
+
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_wgmma_selftest_unit_compiles(tmp_path):
     cmd = [_nvcc(), "-std=c++17", "-O1", "-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_80,code=sm_80",

@@ -67,7 +67,7 @@ template <int D, int kBlockM> struct Smem {
 
 // Byte offset of 16-byte chunk `c` of row `r` of a tile (panel 0 at base0, panel 1 at base1).
 template <int D>
-__device__ __forceinline__ uint32_t chunk_offset(uint32_t base0, uint32_t base1, int r, int c) {
+__host__ __device__ __forceinline__ uint32_t chunk_offset(uint32_t base0, uint32_t base1, int r, int c) {
   if (c < 8) return base0 + r * 128 + ((c ^ (r & 7)) << 4);
   const int c1 = c - 8;
   return base1 + r * 32 + ((c1 ^ ((r >> 2) & 1)) << 4);
@@ -76,19 +76,50 @@ __device__ __forceinline__ uint32_t chunk_offset(uint32_t base0, uint32_t base1,
 // ------------------------------------------------------------------------------ wgmma helpers
 // Shared-memory matrix descriptor: start address, leading / stride byte offsets, swizzle mode
 // (1: 128-byte, 3: 32-byte). Offsets are encoded >> 4.
-__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint64_t swizzle) {
+__host__ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint64_t swizzle) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
          (static_cast<uint64_t>(sbo >> 4) << 32) | (swizzle << 62);
 }
 // K-major operands (Q, K): 8-row groups 1024 bytes (128-byte rows) or 256 bytes (32-byte rows)
 // apart; the leading offset is unused for swizzled K-major layouts.
-__device__ __forceinline__ uint64_t desc_k128(uint32_t addr) { return make_desc(addr, 16, 1024, 1); }
-__device__ __forceinline__ uint64_t desc_k32(uint32_t addr) { return make_desc(addr, 16, 256, 3); }
+__host__ __device__ __forceinline__ uint64_t desc_k128(uint32_t addr) { return make_desc(addr, 16, 1024, 1); }
+__host__ __device__ __forceinline__ uint64_t desc_k32(uint32_t addr) { return make_desc(addr, 16, 256, 3); }
 // MN-major operand (V, N = 64 or 16 = one swizzle atom wide): successive 8-key groups are one atom
 // (1024 or 256 bytes) apart. With a single atom along N only the K-direction offset is read; both
 // offsets carry it.
-__device__ __forceinline__ uint64_t desc_mn128(uint32_t addr) { return make_desc(addr, 1024, 1024, 1); }
-__device__ __forceinline__ uint64_t desc_mn32(uint32_t addr) { return make_desc(addr, 256, 256, 3); }
+__host__ __device__ __forceinline__ uint64_t desc_mn128(uint32_t addr) { return make_desc(addr, 1024, 1024, 1); }
+__host__ __device__ __forceinline__ uint64_t desc_mn32(uint32_t addr) { return make_desc(addr, 256, 256, 3); }
+
+// Where the kernel's operands live (shared addresses from the aligned base) and the wgmma descriptors
+// it hands over: one place for the kernel, the self-test and the CPU layout test
+// (tests/test_cuda_backend.py::test_wgmma_layouts_read_back_the_written_tiles).
+template <int D, int kBlockM> struct Operands {
+  using S = Smem<D, kBlockM>;
+  // 16-byte chunk `ch` of query row `row` / of key (v = false) or value (v = true) row `row` of a stage
+  static __host__ __device__ uint32_t q_chunk(uint32_t base, int row, int ch) {
+    return chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch);
+  }
+  static __host__ __device__ uint32_t kv_chunk(uint32_t base, int stage, bool v, int row, int ch) {
+    return chunk_offset<D>(base + S::kK0 + (2 * v + stage) * S::kKV0Bytes, base + S::kK1 + (2 * v + stage) * S::kKV1Bytes,
+                           row, ch);
+  }
+  // A operand of S = Q K^T: 64-row block `blk` of Q, k-step ks (columns 16 ks ... 16 ks + 15); ks = 4 is
+  // the second panel (d = 80). A k-step moves a K-major start address by 32 bytes: + 2 in its field.
+  static __host__ __device__ uint64_t q_desc(uint32_t base, int blk, int ks) {
+    return ks < 4 ? desc_k128(base + S::kQ0 + blk * 64 * 128) + 2 * ks : desc_k32(base + S::kQ1 + blk * 64 * 32);
+  }
+  // B operand of S = Q K^T: the stage's K tile, k-step ks
+  static __host__ __device__ uint64_t k_desc(uint32_t base, int stage, int ks) {
+    return ks < 4 ? desc_k128(base + S::kK0 + stage * S::kKV0Bytes) + 2 * ks
+                  : desc_k32(base + S::kK1 + stage * S::kKV1Bytes);
+  }
+  // B operand of O += P V: keys 16 kk ... 16 kk + 15 of the stage's V tile, columns 0-63 (panel 0) or
+  // 64-79 (panel 1); 16 keys are 16 rows: 2048 / 512 bytes, + 128 / + 32 in the field
+  static __host__ __device__ uint64_t v_desc(uint32_t base, int stage, int panel, int kk) {
+    return panel == 0 ? desc_mn128(base + S::kK0 + (2 + stage) * S::kKV0Bytes) + 128 * kk
+                      : desc_mn32(base + S::kK1 + (2 + stage) * S::kKV1Bytes) + 32 * kk;
+  }
+};
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -216,12 +247,13 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   static_assert(kTPR == 2 || kTPR == 4, "threads per key row");
   constexpr int kCPT = cdiv(kChunks, kTPR);
   const int kv_row = tid / kTPR, kv_q = tid % kTPR;
-  uint32_t kv_off[kCPT];
-  bool kv_in[kCPT];  // chunk inside the real head dim (and, d = 80, inside the row)
+  using Op = Operands<D, kBlockM>;
+  uint32_t kv_off[kCPT];  // relative to stage 0 of K
+  bool kv_in[kCPT];       // chunk inside the real head dim (and, d = 80, inside the row)
 #pragma unroll
   for (int i = 0; i < kCPT; ++i) {
     const int ch = kv_q + kTPR * i;
-    kv_off[i] = chunk_offset<D>(0, 0, kv_row, ch);
+    kv_off[i] = ch < kChunks ? Op::kv_chunk(0, 0, false, kv_row, ch) : 0;
     kv_in[i] = ch < kChunks && ch * 8 < head_dim;
   }
   auto load_kv = [&](int stage, int slot) {
@@ -233,17 +265,14 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       const bool p0 = kTPR * i < 8;  // compile-time after unrolling
       if (p0 || kv_in[i]) {
         const bool ok = tok >= 0 && kv_in[i];
-        const uint32_t kdst = base + kv_off[i] + (p0 ? S::kK0 + stage * S::kKV0Bytes : S::kK1 + stage * S::kKV1Bytes);
-        const uint32_t vdst = kdst + (p0 ? 2 * S::kKV0Bytes : 2 * S::kKV1Bytes);
+        // other stages and V: the same chunk one or more whole tiles further (Operands::kv_chunk)
+        const uint32_t kdst = base + kv_off[i] + stage * (p0 ? S::kKV0Bytes : S::kKV1Bytes);
+        const uint32_t vdst = kdst + 2 * (p0 ? S::kKV0Bytes : S::kKV1Bytes);
         cp_async16(kdst, ok ? krow + kTPR * 8 * i : kbase, ok);
         cp_async16(vdst, ok ? vrow + kTPR * 8 * i : vbase, ok);
       }
     }
   };
-  auto k0_addr = [&](int stage) { return base + S::kK0 + stage * S::kKV0Bytes; };
-  auto v0_addr = [&](int stage) { return base + S::kK0 + (2 + stage) * S::kKV0Bytes; };
-  auto k1_addr = [&](int stage) { return base + S::kK1 + stage * S::kKV1Bytes; };
-  auto v1_addr = [&](int stage) { return base + S::kK1 + (2 + stage) * S::kKV1Bytes; };
 
   // ---------------------------------------------------------------- prologue
   int j_cur = 0, j_next = 0;
@@ -256,7 +285,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   __syncthreads();  // sQTok and the first two token tables
 
   gather_q<T, kBlockM, kThreads, kChunks>(
-      p, site, sQTok, [&](int row, int ch) { return chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch); });
+      p, site, sQTok, [&](int row, int ch) { return Op::q_chunk(base, row, ch); });
   if (n_steps > 0) load_kv(0, 0);
   cp_async_commit();
 
@@ -346,19 +375,15 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
     }
 
-    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile). A k-step of 16 columns
-    // moves a K-major descriptor's start address by 32 bytes: + 2 in its (address >> 4) field.
+    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile)
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
     wg_fence();
-    const uint64_t dk0 = desc_k128(k0_addr(t & 1));
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      const uint64_t dq0 = desc_k128(base + S::kQ0 + (wg * kMT + mt) * 64 * 128);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) Wg<T>::ss_n64(s[mt], dq0 + 2 * ks, dk0 + 2 * ks, ks > 0);
-      if constexpr (kP1) {
-        Wg<T>::ss_n64(s[mt], desc_k32(base + S::kQ1 + (wg * kMT + mt) * 64 * 32), desc_k32(k1_addr(t & 1)), 1);
+      for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) {
+        Wg<T>::ss_n64(s[mt], Op::q_desc(base, wg * kMT + mt, ks), Op::k_desc(base, t & 1, ks), ks > 0);
       }
     }
     wg_commit();
@@ -445,15 +470,12 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       if constexpr (kP1) fence_regs(acc1[mt]);
     }
     wg_fence();
-    // 16 keys further down V: + 16 rows = 2048 bytes (panel 0) / 512 bytes (panel 1), >> 4 in the field
-    const uint64_t dv0 = desc_mn128(v0_addr(t & 1));
-    const uint64_t dv1 = kP1 ? desc_mn32(v1_addr(t & 1)) : 0;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        Wg<T>::rs_n64(acc0[mt], a[mt][kk], dv0 + 128 * kk);
-        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], dv1 + 32 * kk);
+        Wg<T>::rs_n64(acc0[mt], a[mt][kk], Op::v_desc(base, t & 1, 0, kk));
+        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], Op::v_desc(base, t & 1, 1, kk));
       }
     }
     wg_commit();

@@ -1,6 +1,6 @@
 // One-tile check of the Hopper kernel's building blocks (csrc/fwd_sm90.cuh), for diagnosis on a GPU:
-// Q, K, V [64, D] are gathered into the same swizzled layouts with the same offsets, S = Q K^T runs
-// through the same descriptors and wgmma wrappers as the kernel, and so does O = bf16/fp16(S) V
+// Q, K, V [64, D] are placed by the kernel's own Operands (64-row tiles, K and V in stage 1), S = Q K^T
+// runs through the same descriptors and wgmma wrappers as the kernel, and so does O = bf16/fp16(S) V
 // (no softmax). A wrong S points at the K-major layouts; a right S with a wrong O at the MN-major V
 // layout or the register A operand; a wrong result at d = 80 only, at the second panel.
 #include "fwd_sm90.cuh"
@@ -9,17 +9,12 @@ namespace samsparse {
 namespace fwd {
 namespace sm90 {
 
-template <int D> struct SelftestSmem {
-  static constexpr int kQ0 = 0, kK0 = 8192, kV0 = 16384;      // panel 0: 64 rows of 128 bytes each
-  static constexpr int kQ1 = 24576, kK1 = 26624, kV1 = 28672;  // panel 1: 64 rows of 32 bytes each
-  static constexpr int kBytes = 30720 + 1024;
-};
-
 template <typename T, int D>
 __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, const T* k, const T* v, float* s_out,
                                                                 float* o_out) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = SelftestSmem<D>;
+  using Op = Operands<D, 64>;
+  constexpr int kStage = 1;
   constexpr bool kP1 = D > 64;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -28,9 +23,9 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   for (int c = tid; c < 64 * kChunks; c += 128) {
     const int row = c / kChunks, ch = c - row * kChunks;
-    cp_async16(chunk_offset<D>(base + L::kQ0, base + L::kQ1, row, ch), q + row * D + ch * 8, true);
-    cp_async16(chunk_offset<D>(base + L::kK0, base + L::kK1, row, ch), k + row * D + ch * 8, true);
-    cp_async16(chunk_offset<D>(base + L::kV0, base + L::kV1, row, ch), v + row * D + ch * 8, true);
+    cp_async16(Op::q_chunk(base, row, ch), q + row * D + ch * 8, true);
+    cp_async16(Op::kv_chunk(base, kStage, false, row, ch), k + row * D + ch * 8, true);
+    cp_async16(Op::kv_chunk(base, kStage, true, row, ch), v + row * D + ch * 8, true);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -43,8 +38,7 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
   fence_regs(s);
   wg_fence();
 #pragma unroll
-  for (int ks = 0; ks < 4; ++ks) Wg<T>::ss_n64(s, desc_k128(base + L::kQ0 + ks * 32), desc_k128(base + L::kK0 + ks * 32), ks > 0);
-  if constexpr (kP1) Wg<T>::ss_n64(s, desc_k32(base + L::kQ1), desc_k32(base + L::kK1), 1);
+  for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) Wg<T>::ss_n64(s, Op::q_desc(base, 0, ks), Op::k_desc(base, kStage, ks), ks > 0);
   wg_commit();
   wg_wait0();
   fence_regs(s);
@@ -73,8 +67,8 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
   wg_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    Wg<T>::rs_n64(o0, a[kk], desc_mn128(base + L::kV0 + kk * 16 * 128));
-    if constexpr (kP1) Wg<T>::rs_n16(o1, a[kk], desc_mn32(base + L::kV1 + kk * 16 * 32));
+    Wg<T>::rs_n64(o0, a[kk], Op::v_desc(base, kStage, 0, kk));
+    if constexpr (kP1) Wg<T>::rs_n16(o1, a[kk], Op::v_desc(base, kStage, 1, kk));
   }
   wg_commit();
   wg_wait0();
@@ -99,7 +93,12 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
 
 template <typename T, int D>
 const char* launch_selftest(const void* q, const void* k, const void* v, float* s, float* o, cudaStream_t stream) {
-  wgmma_selftest_kernel<T, D><<<1, 128, SelftestSmem<D>::kBytes, stream>>>(
+  constexpr int smem = Smem<D, 64>::kBytes;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(wgmma_selftest_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return cudaGetErrorString(err);
+  }
+  wgmma_selftest_kernel<T, D><<<1, 128, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), s, o);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
