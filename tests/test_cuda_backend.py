@@ -216,7 +216,7 @@ def test_compile_traces_without_running():
 
 
 # ============================================================================ CPU: tile model of the kernel
-def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None, fold_height=False):
+def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None, fold_height=False, block_m=None):
     """The kernel's algorithm at tile level, in float64 (mirror of csrc/fwd_kernel.cuh).
 
     Same CTA tiling, query/key token tables, bias-mode choice (run_fwd_hd), bias
@@ -225,13 +225,15 @@ def _model_attention(q, k, v, mask=None, rel_pos=None, scale=None, fold_height=F
 
     ``fold_height``: the run-64 softmax of the Hopper kernel (csrc/fwd_sm90.cuh): the logits
     take only the width term (x = s * scale + rel_w), the tile's one height value per row
-    enters through the row max (m = max(x) + rel_h) and the exponent's offset.
+    enters through the row max (m = max(x) + rel_h) and the exponent's offset. ``block_m``: query rows
+    per CTA other than the mma.sync kernel's (the Hopper kernel's 64-row tiles).
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
     kd = ops.kernel_head_dim(d)
     bm, bn, _ = ops._CFG[kd]
+    bm = block_m or bm
     # ---- ops.attention (Python)
     layout, bq, bk, tgh, tgw, th, tw = 0, 0, 0, 0, 0, 0, 0
     kv_num = kv_idx = None
@@ -433,12 +435,14 @@ FOLD_CASES = [c for c in MODEL_CASES if c.grid[1] == 64 and c.mask in ("none", "
 ]
 
 
+@pytest.mark.parametrize("block_m", [128, 64])
 @pytest.mark.parametrize("case", FOLD_CASES, ids=[c.id for c in FOLD_CASES])
-def test_tile_model_with_folded_height_term_matches_reference(case):
-    """The wgmma kernel's run-64 softmax (height term through the row max) is the same attention."""
+def test_tile_model_with_folded_height_term_matches_reference(case, block_m):
+    """The wgmma kernel's run-64 softmax (height term through the row max) is the same attention, on its
+    128- and 64-row tiles."""
     q, k, v, mask, rel_pos = make_inputs(case)
     ref, ref_lse = reference_attention(q, k, v, mask, rel_pos, return_lse=True)
-    out, lse, mode = _model_attention(q, k, v, mask, rel_pos, fold_height=True)
+    out, lse, mode = _model_attention(q, k, v, mask, rel_pos, fold_height=True, block_m=block_m)
     assert mode == 64
     assert float((out - ref.double()).abs().max()) < 1e-5
     fin = torch.isfinite(ref_lse)
