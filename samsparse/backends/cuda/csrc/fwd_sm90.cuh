@@ -123,7 +123,10 @@ template <int D, int kBlockM> struct Operands {
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void wg_wait0() { wg_wait<0>(); }
 // Makes this thread's generic-proxy shared-memory writes (cp.async included, after its wait)
 // visible to the async proxy that wgmma reads shared memory through.
 // Orders reads of wgmma accumulators after the wait (the compiler sees the asm outputs as ready
@@ -375,7 +378,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
     }
 
-    // ---- S = Q K^T (every 64-row block of this warpgroup against the tile)
+    // ---- S = Q K^T for every 64-row block of this warpgroup, one wgmma group per block. The blocks are
+    // then pipelined: block 1's product runs while block 0 does its softmax, and block 0's P V while
+    // block 1 does its own (groups complete in issue order).
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
     wg_fence();
@@ -385,14 +390,19 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) {
         Wg<T>::ss_n64(s[mt], Op::q_desc(base, wg * kMT + mt, ks), Op::k_desc(base, t & 1, ks), ks > 0);
       }
+      wg_commit();
     }
-    wg_commit();
-    wg_wait0();
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
 
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
+      // block mt's product is done once at most the later blocks' products (block 0) or the previous
+      // block's P V (block 1) are pending
+      if (mt == 0) {
+        wg_wait<kMT - 1>();
+      } else {
+        wg_wait<1>();
+      }
+      fence_regs(s[mt]);
       // ---- bias and mask
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -453,32 +463,26 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
           }
         }
       }
-    }
 
-    // ---- O += P V (P re-packed as the register A operand, 16 keys per k-step)
-    uint32_t a[kMT][4][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
+      // ---- O += P V for this block (P re-packed as the register A operand, 16 keys per k-step)
+      uint32_t a[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        a[mt][kk][0] = Num<T>::pack(s[mt][(2 * kk) * 4 + 0], s[mt][(2 * kk) * 4 + 1]);
-        a[mt][kk][1] = Num<T>::pack(s[mt][(2 * kk) * 4 + 2], s[mt][(2 * kk) * 4 + 3]);
-        a[mt][kk][2] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 0], s[mt][(2 * kk + 1) * 4 + 1]);
-        a[mt][kk][3] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 2], s[mt][(2 * kk + 1) * 4 + 3]);
+        a[kk][0] = Num<T>::pack(s[mt][(2 * kk) * 4 + 0], s[mt][(2 * kk) * 4 + 1]);
+        a[kk][1] = Num<T>::pack(s[mt][(2 * kk) * 4 + 2], s[mt][(2 * kk) * 4 + 3]);
+        a[kk][2] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 0], s[mt][(2 * kk + 1) * 4 + 1]);
+        a[kk][3] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 2], s[mt][(2 * kk + 1) * 4 + 3]);
       }
       fence_regs(acc0[mt]);
       if constexpr (kP1) fence_regs(acc1[mt]);
-    }
-    wg_fence();
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
+      wg_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        Wg<T>::rs_n64(acc0[mt], a[mt][kk], Op::v_desc(base, t & 1, 0, kk));
-        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[mt][kk], Op::v_desc(base, t & 1, 1, kk));
+        Wg<T>::rs_n64(acc0[mt], a[kk], Op::v_desc(base, t & 1, 0, kk));
+        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[kk], Op::v_desc(base, t & 1, 1, kk));
       }
+      wg_commit();
     }
-    wg_commit();
     wg_wait0();
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
