@@ -4,7 +4,9 @@
 // or block-masked, no bias or the "run 64" rel-pos mode where a key tile is one row of the
 // 64-wide key grid); everything else runs on the mma.sync kernel of fwd_kernel.cuh.
 //
-//   * one CTA = 128 query rows of one (batch, head), two warpgroups of 64 rows each;
+//   * one CTA = 64 or 128 query rows of one (batch, head): tiles m64w4 (one warpgroup, one 64-row
+//     block), m128w8 (two warpgroups) or m128w4 (one warpgroup owning two 64-row blocks, pipelined
+//     inside each step); see Rows and try_sm90;
 //   * Q, K and V tiles live in shared memory in the wgmma "swizzled" layouts, filled with
 //     cp.async (token gather as in fwd_kernel.cuh) at the swizzled chunk positions:
 //     columns 0-63 as rows of 128 bytes (128-byte swizzle: 16-byte chunk c of row r at
