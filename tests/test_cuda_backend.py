@@ -526,19 +526,20 @@ def test_builds_for_9_0_compile_sm_90a():
 
 def test_kernel_variant_choice(monkeypatch):
     dev = torch.device("cuda", 0)
-    monkeypatch.setitem(ops._CAPABILITIES, 0, (9, 0))
+    arch = {"cuda": 90}
+    monkeypatch.setattr(ops, "device_arch", lambda device: arch.get(device.type, 0))
     monkeypatch.delenv(ops.KERNEL_ENV, raising=False)
     assert ops.kernel_variant(dev) == 0  # mma.sync until the wgmma kernel's GPU runs are recorded
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
     assert ops.kernel_variant(dev) == 1
     assert ops.kernel_variant(torch.device("cpu")) == 0
-    monkeypatch.setitem(ops._CAPABILITIES, 0, (8, 0))
+    arch["cuda"] = 80
     assert ops.kernel_variant(dev) == 0  # sm_90a code runs on compute capability 9.0 only
     monkeypatch.setenv(ops.KERNEL_ENV, "hopper")
     with pytest.raises(ValueError, match="SAMSPARSE_CUDA_KERNEL"):
         ops.kernel_variant(dev)
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
-    monkeypatch.setitem(ops._CAPABILITIES, 0, (9, 0))
+    arch["cuda"] = 90
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, "m64w4")
     assert ops._kernel_args(dev) == [1, 1]
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, "M128W4")

@@ -255,6 +255,22 @@ class Backend:
 BackendFactory = Callable[[], Backend]
 
 
+_DEVICE_ARCHS: dict = {}
+
+
+def device_arch(device: torch.device) -> int:
+    """Compute capability x10 of a CUDA device (90: H100/H200, 80: A100), 0 for any other device.
+    Cached per device index (the kernels' plans and kernel choices ask on every call)."""
+    if device.type != "cuda":
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    arch = _DEVICE_ARCHS.get(index)
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        arch = _DEVICE_ARCHS[index] = 10 * major + minor
+    return arch
+
+
 def empty_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels' outputs for q [B, H, Nq, D]: out [B, H, Nq, D] in q's dtype, laid out as
     [B, Nq, H, D] (so merging the heads after the call is free), and the float32 LSE [B, H, Nq].

@@ -22,6 +22,7 @@ from ..base import (
     AttentionCall,
     Backend,
     check_varlen_args,
+    device_arch,
     empty_outputs,
     empty_varlen_outputs,
     mask_kernel_args,
@@ -103,7 +104,6 @@ WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
 # csrc/fwd_params.h WgmmaTile: query rows per CTA and warps
 WGMMA_TILES = {"m64w4": 1, "m128w8": 2, "m128w4": 3}
 _KERNEL_CHOICES = ("mma", "wgmma")
-_CAPABILITIES: dict = {}
 
 
 def kernel_variant(device: torch.device) -> int:
@@ -117,13 +117,7 @@ def kernel_variant(device: torch.device) -> int:
     choice = os.environ.get(KERNEL_ENV, "mma").strip().lower() or "mma"
     if choice not in _KERNEL_CHOICES:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(_KERNEL_CHOICES)}")
-    if choice != "wgmma" or device.type != "cuda":
-        return 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    cap = _CAPABILITIES.get(index)
-    if cap is None:
-        cap = _CAPABILITIES[index] = torch.cuda.get_device_capability(index)
-    return 1 if cap == (9, 0) else 0
+    return 1 if choice == "wgmma" and device_arch(device) == 90 else 0
 
 
 def wgmma_selftest(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, device: str = "cuda", seed: int = 0) -> dict:

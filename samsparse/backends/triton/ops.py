@@ -33,6 +33,7 @@ from ..base import (
     LAYOUT_TILES,
     MaskKernelArgs,
     check_varlen_args,
+    device_arch as _device_arch,  # module name: offline.record_launches patches it
     empty_outputs,
     empty_varlen_outputs,
     mask_kernel_args,
@@ -388,21 +389,6 @@ def _register_cap(rows: int, rel_dot: int, block_m: int, num_warps: int, head_di
     fits = (arch // 10 == KEY_ROW_REGCAP_ARCH_MAJOR and head_dim <= KEY_ROW_REGCAP_MAX_HEAD_DIM
             and dtype in (torch.bfloat16, torch.float16))
     return _env_register_cap("SAMSPARSE_TRITON_REGCAP", KEY_ROW_REGCAP, KEY_ROW_REGCAP if fits else 0)
-
-
-_ARCHS: dict = {}
-
-
-def _device_arch(device: torch.device) -> int:
-    """Compute capability x10 of a CUDA device (90: H100/H200, 80: A100), 0 for any other device."""
-    if device.type != "cuda":
-        return 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    arch = _ARCHS.get(index)
-    if arch is None:
-        major, minor = torch.cuda.get_device_capability(index)
-        arch = _ARCHS[index] = 10 * major + minor
-    return arch
 
 
 def _make_plan(geo: _Geometry, cfg: TileConfig, scale_pos: bool, redo: bool = False, arch: int = 0) -> _Plan:

@@ -127,8 +127,8 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   p.rgw = to_int(geom[9], "rel grid w");
   p.variant = geom.size() > 13 ? to_int(geom[13], "kernel variant") : 0;
   p.wgmma_tile = geom.size() > 14 ? to_int(geom[14], "wgmma tile") : 0;
-  TORCH_CHECK(p.wgmma_tile >= 0 && p.wgmma_tile <= 3, "samsparse_cuda::fwd: wgmma tile must be 0 to 3, got ",
-              p.wgmma_tile);
+  TORCH_CHECK(p.wgmma_tile >= 0 && p.wgmma_tile <= kWgmmaM128W4, "samsparse_cuda::fwd: wgmma tile must be 0 to ",
+              static_cast<int>(kWgmmaM128W4), ", got ", p.wgmma_tile);
 
   TORCH_CHECK(kv_num.has_value() == kv_idx.has_value(), "samsparse_cuda::fwd: give both kv_num and kv_idx, or neither");
   if (kv_num.has_value()) {

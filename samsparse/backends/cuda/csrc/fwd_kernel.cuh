@@ -746,6 +746,19 @@ inline bool runs_fit(const FwdParams& p, int w, int block_n, bool dense) {
   return p.tw == w && p.rgh == p.tgh && p.rgw == p.tgw;
 }
 
+// Query tiles of block_m rows: dense calls take the tiles as their query blocks, masked ones split
+// each of the mask's query blocks into split_m of them (the Hopper kernel re-tiles with its own rows).
+inline void tile_queries(FwdParams& p, int block_m) {
+  if (p.kv_num == nullptr) {
+    p.bq = block_m;
+    p.split_m = 1;
+    p.num_q_tiles = cdiv(p.nq, block_m);
+  } else {
+    p.split_m = cdiv(p.bq, block_m);
+    p.num_q_tiles = p.num_q_blocks * p.split_m;
+  }
+}
+
 // The Hopper kernel (fwd_sm90.cuh) when it serves the call; *taken says whether it did.
 template <typename T, int D> const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken);
 
@@ -758,17 +771,13 @@ const char* run_fwd_hd(FwdParams& p, void* stream_ptr) {
   const bool dense = p.kv_num == nullptr;
   if (dense) {
     p.layout = 0;
-    p.bq = C::kBlockM;
     p.bk = C::kBlockN;
-    p.split_m = 1;
     p.sub_n = 1;
-    p.num_q_tiles = cdiv(p.nq, C::kBlockM);
   } else {
     if (p.bq <= 0 || p.bk <= 0) return "mask block sizes must be positive";
-    p.split_m = cdiv(p.bq, C::kBlockM);
     p.sub_n = cdiv(p.bk, C::kBlockN);
-    p.num_q_tiles = p.num_q_blocks * p.split_m;
   }
+  tile_queries(p, C::kBlockM);
   if (p.layout == 1) {
     if (p.th <= 0 || p.tw <= 0 || p.tgh <= 0 || p.tgw <= 0) return "tiles layout needs a positive grid and tile";
     p.ntw = cdiv(p.tgw, p.tw);

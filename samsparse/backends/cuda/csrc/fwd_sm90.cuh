@@ -128,15 +128,14 @@ __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.s
 template <int N> __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void wg_wait0() { wg_wait<0>(); }
-// Makes this thread's generic-proxy shared-memory writes (cp.async included, after its wait)
-// visible to the async proxy that wgmma reads shared memory through.
 // Orders reads of wgmma accumulators after the wait (the compiler sees the asm outputs as ready
 // when the wgmma is issued): every register passes through an empty volatile asm after the wait.
 template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+// Makes this thread's generic-proxy shared-memory writes (cp.async included, after its wait)
+// visible to the async proxy that wgmma reads shared memory through.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 template <typename T> struct Wg;
@@ -200,7 +199,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
   constexpr int DT0 = 8;             // n8 chunks of O in panel 0
   static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
-  constexpr bool kSkipRescale = !(kMT == 2 && kBias == kBiasRun64);
+  constexpr bool kMaySkipRescale = !(kMT == 2 && kBias == kBiasRun64);  // see the rescale below
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw_u32 = smem_u32(smem_raw);
@@ -365,11 +364,11 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 
     // height term of this tile's key-grid row (one value per row), loaded before the product
     float hv[kMT][2];
+    const int krow = min(t0 / kBlockN, p.rgh - 1);  // (run-64 only)
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       hv[mt][0] = hv[mt][1] = 0.f;
       if constexpr (kBias == kBiasRun64) {
-        const int krow = min(t0 / kBlockN, p.rgh - 1);
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           if (qtok[mt][hf] >= 0) {
@@ -450,7 +449,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
         row_l[mt][hf] = row_l[mt][hf] * alpha + rs;
         // alpha is exactly 1 while a row's max holds: the warp skips the rescale when none of its rows moved
         // (not on m128w4 tiles with the bias: the branch costs spills there, offline)
-        if (!kSkipRescale || __any_sync(0xffffffffu, alpha != 1.f)) {
+        if (!kMaySkipRescale || __any_sync(0xffffffffu, alpha != 1.f)) {
 #pragma unroll
           for (int dt = 0; dt < DT0; ++dt) {
             acc0[mt][dt * 4 + 2 * hf] *= alpha;
@@ -485,7 +484,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
       wg_commit();
     }
-    wg_wait0();
+    wg_wait<0>();
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       fence_regs(acc0[mt]);
@@ -556,15 +555,7 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
   auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT>;
   const int smem = Smem<D, kBlockM>::kBytes;
-  // query tiles of kBlockM rows (run_fwd_hd set them up for the mma.sync kernel's 128)
-  if (p.kv_num == nullptr) {
-    p.bq = kBlockM;
-    p.split_m = 1;
-    p.num_q_tiles = cdiv(p.nq, kBlockM);
-  } else {
-    p.split_m = cdiv(p.bq, kBlockM);
-    p.num_q_tiles = p.num_q_blocks * p.split_m;
-  }
+  tile_queries(p, kBlockM);  // run_fwd_hd tiled for the mma.sync kernel's rows
   p.smem_bytes = smem;
   p.bias_mode = kBias;
   p.block_m = kBlockM;
@@ -579,7 +570,7 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
 // The Hopper kernel for this call, if it serves it: head dim 64 or 80, sequence layout, no bias or
 // run-64 bias. Tile shape (p.wgmma_tile, kWgmma* in fwd_params.h): 64 rows / 4 warps when the mask's
 // query blocks have at most 64 tokens (no idle rows); else 128 rows / 4 warps (fewest instructions per
-// logit offline), except d = 80 with the run-64 bias, which spills there (56 B) and takes 128 rows /
+// logit offline), except d = 80 with the run-64 bias, which spills there (72 B) and takes 128 rows /
 // 8 warps. Untimed choices: a nonzero p.wgmma_tile forces one for A/B runs.
 template <typename T, int D, int kBias>
 const char* launch_shape(FwdParams& p, cudaStream_t stream, int tile) {

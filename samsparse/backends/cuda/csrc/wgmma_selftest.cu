@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
 #pragma unroll
   for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) Wg<T>::ss_n64(s, Op::q_desc(base, 0, ks), Op::k_desc(base, kStage, ks), ks > 0);
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
   fence_regs(s);
   const int row0 = warp * 16 + g;
 #pragma unroll
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(128, 1) wgmma_selftest_kernel(const T* q, cons
     if constexpr (kP1) Wg<T>::rs_n16(o1, a[kk], Op::v_desc(base, kStage, 1, kk));
   }
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
   fence_regs(o0);
   fence_regs(o1);
 #pragma unroll
