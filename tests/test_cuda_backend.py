@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -514,8 +515,9 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
         assert len(hopper) == 6, "the Hopper kernel: no bias and run-64 bias, three tile shapes"
         for b in hopper:
             spill = int(__import__("re").search(r"(\d+) bytes spill stores", b).group(1))
-            assert spill <= 96, b[:600]  # d = 80 run-64 on m128w4 tiles (not its default): 72 B (nvcc 13.0)
-        assert "C7515" not in proc.stderr  # ptxas serialised the wgmma sequence
+            assert spill <= 96, b[:600]  # d = 80 run-64 on m128w8 tiles: 20 B (nvcc 13.0)
+        # ptxas serialised the wgmma pipeline (C7513: registers defined, C7514: accumulators read, C7515: ...)
+        assert not re.search(r"C751[0-9]\) Potential Performance Loss", proc.stderr), proc.stderr[-2000:]
 
 
 def test_builds_for_9_0_compile_sm_90a():
@@ -559,15 +561,15 @@ int main() {
   const int chunks = HEAD_DIM / 8, ksteps = HEAD_DIM > 64 ? 5 : 4, panels = HEAD_DIM > 64 ? 2 : 1;
   for (int r = 0; r < 128; ++r)
     for (int c = 0; c < chunks; ++c) std::printf("q %d %d %u\n", r, c, Op::q_chunk(base, r, c));
-  for (int st = 0; st < 2; ++st)
-    for (int v = 0; v < 2; ++v)
+  for (int v = 0; v < 2; ++v)
+    for (int st = 0; st < (v ? kVStages : kKStages); ++st)
       for (int r = 0; r < 64; ++r)
         for (int c = 0; c < chunks; ++c) std::printf("kv %d %d %d %d %u\n", st, v, r, c, Op::kv_chunk(base, st, v, r, c));
   for (int b = 0; b < 2; ++b)
     for (int ks = 0; ks < ksteps; ++ks) std::printf("qd %d %d %llu\n", b, ks, (unsigned long long)Op::q_desc(base, b, ks));
   for (int st = 0; st < 2; ++st)
     for (int ks = 0; ks < ksteps; ++ks) std::printf("kd %d %d %llu\n", st, ks, (unsigned long long)Op::k_desc(base, st, ks));
-  for (int st = 0; st < 2; ++st)
+  for (int st = 0; st < kVStages; ++st)
     for (int pn = 0; pn < panels; ++pn)
       for (int kk = 0; kk < 4; ++kk) std::printf("vd %d %d %d %llu\n", st, pn, kk, (unsigned long long)Op::v_desc(base, st, pn, kk));
   return 0;
@@ -640,7 +642,7 @@ def test_wgmma_layouts_read_back_the_written_tiles(tmp_path, d):
         cols = 64 if pn == 0 else 16
         got = _read_operand(mem, desc, 16, cols, mn_major=True)
         assert got == [[("kv", st, 1, 16 * kk + k, 64 * pn + n) for n in range(cols)] for k in range(16)], (st, pn, kk)
-    assert len(qd) == 2 * ksteps and len(kd) == 2 * ksteps and len(vd) == 2 * (2 if d > 64 else 1) * 4
+    assert len(qd) == 2 * ksteps and len(kd) == 2 * ksteps and len(vd) == 3 * (2 if d > 64 else 1) * 4
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")

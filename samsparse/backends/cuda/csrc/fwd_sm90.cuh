@@ -24,6 +24,8 @@
 // lane l) holds, for n8 chunk j, d[4j + e] = C[16 w + l / 4 + 8 (e / 2)][8 j + 2 (l % 4) + e % 2].
 #pragma once
 
+#include <type_traits>
+
 #include "fwd_kernel.cuh"
 
 namespace samsparse {
@@ -38,7 +40,7 @@ constexpr int kBlockN = 64;  // keys per tile (one row of SAM's 64 x 64 key grid
 template <int kWG, int kMT> struct Rows {
   static constexpr int kBlockM = 64 * kMT * kWG;
   static constexpr int kThreads = 128 * kWG;
-  static constexpr int kMinBlocks = (kWG == 1 && kMT == 1) ? 3 : kWG == 1 ? 2 : 1;
+  static constexpr int kMinBlocks = (kWG == 1 && kMT == 1) ? 3 : 2;
 };
 
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
@@ -49,22 +51,25 @@ template <int D> struct Panels {
 };
 
 // Shared memory map (offsets from a 1024-byte aligned base):
-//   [Q p0 | K0 p0 | K1 p0 | V0 p0 | V1 p0 | Q p1 | K0 p1 | K1 p1 | V0 p1 | V1 p1 | ints]
-// The output tile is staged in the K/V area (p0) after the loop.
+//   [Q p0 | K0 K1 V0 V1 V2 p0 | Q p1 | K0 K1 V0 V1 V2 p1 | ints]
+// K has two stages, V three: the overlapped loop (one 64-row block per warpgroup) reads V of step t - 1
+// while K of step t + 1 and V of step t + 1 land. The output tile is staged in the K/V area (p0) after the loop.
+constexpr int kKStages = 2, kVStages = 3;
 template <int D, int kBlockM> struct Smem {
   using P = Panels<D>;
+  static constexpr int kTiles = kKStages + kVStages;
   static constexpr int kQ0 = 0;
-  static constexpr int kK0 = kQ0 + kBlockM * P::kRow0;        // 2 stages of K, then 2 of V
+  static constexpr int kK0 = kQ0 + kBlockM * P::kRow0;        // K stages, then V stages
   static constexpr int kKV0Bytes = kBlockN * P::kRow0;         // one K or V tile, panel 0
-  static constexpr int kQ1 = kK0 + 4 * kKV0Bytes;
+  static constexpr int kQ1 = kK0 + kTiles * kKV0Bytes;
   static constexpr int kK1 = kQ1 + kBlockM * P::kRow1;
   static constexpr int kKV1Bytes = kBlockN * P::kRow1;
-  static constexpr int kInts = kK1 + 4 * kKV1Bytes;
+  static constexpr int kInts = kK1 + kTiles * kKV1Bytes;
   static constexpr int kIntCount = kBlockM + 3 * kBlockN;      // query tokens, 3 x key tokens
   static constexpr int kOStride = D + 8;                       // staged output row (elements)
   static constexpr int kBytes = kInts + kIntCount * 4 + 1024;  // + slack to align the base
   static_assert(kQ1 % 1024 == 0 && kK1 % 256 == 0 && kInts % 16 == 0, "panel alignment");
-  static_assert(kBlockM * kOStride * 2 <= 4 * kKV0Bytes, "output staging must fit in the K/V area");
+  static_assert(kBlockM * kOStride * 2 <= kTiles * kKV0Bytes, "output staging must fit in the K/V area");
 };
 
 // Byte offset of 16-byte chunk `c` of row `r` of a tile (panel 0 at base0, panel 1 at base1).
@@ -97,13 +102,14 @@ __host__ __device__ __forceinline__ uint64_t desc_mn32(uint32_t addr) { return m
 // (tests/test_cuda_backend.py::test_wgmma_layouts_read_back_the_written_tiles).
 template <int D, int kBlockM> struct Operands {
   using S = Smem<D, kBlockM>;
-  // 16-byte chunk `ch` of query row `row` / of key (v = false) or value (v = true) row `row` of a stage
+  // 16-byte chunk `ch` of query row `row` / of key (v = false; stage < kKStages) or value (v = true;
+  // stage < kVStages) row `row` of a stage
   static __host__ __device__ uint32_t q_chunk(uint32_t base, int row, int ch) {
     return chunk_offset<D>(base + S::kQ0, base + S::kQ1, row, ch);
   }
   static __host__ __device__ uint32_t kv_chunk(uint32_t base, int stage, bool v, int row, int ch) {
-    return chunk_offset<D>(base + S::kK0 + (2 * v + stage) * S::kKV0Bytes, base + S::kK1 + (2 * v + stage) * S::kKV1Bytes,
-                           row, ch);
+    const int tile = v ? kKStages + stage : stage;
+    return chunk_offset<D>(base + S::kK0 + tile * S::kKV0Bytes, base + S::kK1 + tile * S::kKV1Bytes, row, ch);
   }
   // A operand of S = Q K^T: 64-row block `blk` of Q, k-step ks (columns 16 ks ... 16 ks + 15); ks = 4 is
   // the second panel (d = 80). A k-step moves a K-major start address by 32 bytes: + 2 in its field.
@@ -118,8 +124,8 @@ template <int D, int kBlockM> struct Operands {
   // B operand of O += P V: keys 16 kk ... 16 kk + 15 of the stage's V tile, columns 0-63 (panel 0) or
   // 64-79 (panel 1); 16 keys are 16 rows: 2048 / 512 bytes, + 128 / + 32 in the field
   static __host__ __device__ uint64_t v_desc(uint32_t base, int stage, int panel, int kk) {
-    return panel == 0 ? desc_mn128(base + S::kK0 + (2 + stage) * S::kKV0Bytes) + 128 * kk
-                      : desc_mn32(base + S::kK1 + (2 + stage) * S::kKV1Bytes) + 32 * kk;
+    return panel == 0 ? desc_mn128(base + S::kK0 + (kKStages + stage) * S::kKV0Bytes) + 128 * kk
+                      : desc_mn32(base + S::kK1 + (kKStages + stage) * S::kKV1Bytes) + 32 * kk;
   }
 };
 
@@ -260,7 +266,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     kv_off[i] = ch < kChunks ? Op::kv_chunk(0, 0, false, kv_row, ch) : 0;
     kv_in[i] = ch < kChunks && ch * 8 < head_dim;
   }
-  auto load_kv = [&](int stage, int slot) {
+  auto load_kv = [&](int kstage, int vstage, int slot) {
     const int tok = sTok[slot * kBlockN + kv_row];
     const T* krow = kbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.k_sn + kv_q * 8;
     const T* vrow = vbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.v_sn + kv_q * 8;
@@ -270,8 +276,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       if (p0 || kv_in[i]) {
         const bool ok = tok >= 0 && kv_in[i];
         // other stages and V: the same chunk one or more whole tiles further (Operands::kv_chunk)
-        const uint32_t kdst = base + kv_off[i] + stage * (p0 ? S::kKV0Bytes : S::kKV1Bytes);
-        const uint32_t vdst = kdst + 2 * (p0 ? S::kKV0Bytes : S::kKV1Bytes);
+        const int tile_bytes = p0 ? S::kKV0Bytes : S::kKV1Bytes;
+        const uint32_t kdst = base + kv_off[i] + kstage * tile_bytes;
+        const uint32_t vdst = base + kv_off[i] + (kKStages + vstage) * tile_bytes;
         cp_async16(kdst, ok ? krow + kTPR * 8 * i : kbase, ok);
         cp_async16(vdst, ok ? vrow + kTPR * 8 * i : vbase, ok);
       }
@@ -290,18 +297,21 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 
   gather_q<T, kBlockM, kThreads, kChunks>(
       p, site, sQTok, [&](int row, int ch) { return Op::q_chunk(base, row, ch); });
-  if (n_steps > 0) load_kv(0, 0);
+  if (n_steps > 0) load_kv(0, 0, 0);
   cp_async_commit();
 
-  // this thread's query tokens and, for the run-64 bias, its rows' width terms (packed pairs:
-  // wv[mt][hf][nt] = rel_w[row, 8 nt + 2 tq], rel_w[row, 8 nt + 2 tq + 1])
+  // this thread's query tokens
   int qtok[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     qtok[mt][0] = sQTok[row_a[mt]];
     qtok[mt][1] = sQTok[row_a[mt] + 8];
   }
-  uint32_t wv[kMT][2][NT];
+  // run-64 width terms: this thread's 2 rows x 32 columns of each block as packed pairs, kept in shared
+  // memory past the token tables (registers are what the pipelined products need): uint4 q of block mt,
+  // sW[(4 mt + q) kThreads + tid], holds rel_w[row hf = q / 2, 8 nt + 2 tq (+1)] for nt = 4 (q % 2) ... + 3
+  // (consecutive threads, consecutive 16 bytes: no bank conflicts). Each thread reads only its own entries.
+  uint4* sW = reinterpret_cast<uint4*>(smem + S::kInts + S::kIntCount * 4);
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
     rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
@@ -309,9 +319,12 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
+      for (int q = 0; q < 4; ++q) {
+        const int hf = q >> 1;
+        uint32_t w[4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int i = 0; i < 4; ++i) {
+          const int nt = 4 * (q & 1) + i;
           uint32_t lo = 0, hi = 0;
           if (qtok[mt][hf] >= 0) {
             const uint16_t* src =
@@ -319,8 +332,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
             lo = __ldg(src);
             hi = __ldg(src + p.rw_sc);
           }
-          wv[mt][hf][nt] = lo | (hi << 16);
+          w[i] = lo | (hi << 16);
         }
+        sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
       }
     }
   }
@@ -344,27 +358,10 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     row_l[mt][0] = row_l[mt][1] = 0.f;
   }
 
-  // ---------------------------------------------------------------- main loop
-  int slot = 0;
-  for (int t = 0; t < n_steps; ++t) {
-    const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
-    const int slot1 = slot == 2 ? 0 : slot + 1;
-    const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
-    if (t + 1 < n_steps) load_kv((t + 1) & 1, slot1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    fence_async_smem();
-    __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma
-
-    // tile geometry (uniform): sequence layout
-    const int t0 = j_cur * bk + sub_cur * kBlockN;
-    const int n_valid = min(kBlockN, min(bk - sub_cur * kBlockN, nk - t0));
-    // run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
-    const bool full = kBias == kBiasRun64 || n_valid == kBlockN;
-
-    // height term of this tile's key-grid row (one value per row), loaded before the product
-    float hv[kMT][2];
-    const int krow = min(t0 / kBlockN, p.rgh - 1);  // (run-64 only)
+  // ---------------------------------------------------------------- pieces of a key step
+  // height term of key tile t0's key-grid row for this thread's rows (run-64 only; loaded before the product)
+  auto height_terms = [&](int t0, float (&hv)[kMT][2]) {
+    const int krow = min(t0 / kBlockN, p.rgh - 1);
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       hv[mt][0] = hv[mt][1] = 0.f;
@@ -378,128 +375,258 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
         }
       }
     }
-
-    // ---- S = Q K^T for every 64-row block of this warpgroup, one wgmma group per block. The blocks are
-    // then pipelined: block 1's product runs while block 0 does its softmax, and block 0's P V while
-    // block 1 does its own (groups complete in issue order).
+  };
+  // S = Q K^T of 64-row block mt against K stage kst (one wgmma group; the caller fences)
+  auto issue_qk = [&](int mt, int kst) {
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
-    wg_fence();
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-      for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) {
-        Wg<T>::ss_n64(s[mt], Op::q_desc(base, wg * kMT + mt, ks), Op::k_desc(base, t & 1, ks), ks > 0);
-      }
-      wg_commit();
+    for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) {
+      Wg<T>::ss_n64(s[mt], Op::q_desc(base, wg * kMT + mt, ks), Op::k_desc(base, kst, ks), ks > 0);
     }
-
+    wg_commit();
+  };
+  // O += P V of block mt against V stage vst, P packed as the register A operand (16 keys per k-step)
+  auto issue_pv = [&](int mt, const uint32_t (&a)[4][4], int vst) {
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      // block mt's product is done once at most the later blocks' products (block 0) or the previous
-      // block's P V (block 1) are pending
-      if (mt == 0) {
-        wg_wait<kMT - 1>();
-      } else {
-        wg_wait<1>();
+    for (int kk = 0; kk < 4; ++kk) {
+      Wg<T>::rs_n64(acc0[mt], a[kk], Op::v_desc(base, vst, 0, kk));
+      if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[kk], Op::v_desc(base, vst, 1, kk));
+    }
+    wg_commit();
+  };
+  // bias and the key mask on block mt's S (kFull: every column of the tile is a key; a separate
+  // instantiation, so full tiles pay no per-logit column test)
+  auto bias_and_mask = [&](auto full_tag, int mt, int n_valid) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    if constexpr (kBias == kBiasRun64) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint4 w4 = sW[(4 * mt + q) * kThreads + tid];
+        const uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int e1 = 0; e1 < 2; ++e1) {
+            float& x = s[mt][(4 * (q & 1) + i) * 4 + 2 * (q >> 1) + e1];
+            x = fmaf(x, scale, Num<T>::to_float(static_cast<uint16_t>(e1 ? (w[i] >> 16) : (w[i] & 0xffffu))));
+          }
+        }
       }
-      fence_regs(s[mt]);
-      // ---- bias and mask
+    }
+    if constexpr (!kFull) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float& x = s[mt][nt * 4 + e];
-          if constexpr (kBias == kBiasRun64) {
-            const uint32_t w2 = wv[mt][e >> 1][nt];
-            const float w = Num<T>::to_float(static_cast<uint16_t>((e & 1) ? (w2 >> 16) : (w2 & 0xffffu)));
-            x = fmaf(x, scale, w);
-          }
-          if (!full) {
-            const int col = nt * 8 + 2 * tq + (e & 1);
-            if (col >= n_valid) x = -INFINITY;
+          const int col = nt * 8 + 2 * tq + (e & 1);
+          if (col >= n_valid) s[mt][nt * 4 + e] = -INFINITY;
+        }
+      }
+    }
+  };
+  // online softmax (base 2) of block mt; the height term enters through the row max. S becomes P,
+  // alpha the factor the output must be scaled by before this tile's P V.
+  auto softmax = [&](int mt, const float (&hvm)[2], float (&alpha)[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_tile = mx + hvm[hf];  // -inf stays -inf
+      const float m_new = fmaxf(row_m[mt][hf], m_tile);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float off = (hvm[hf] - m_use) * mult;
+      alpha[hf] = ex2((row_m[mt][hf] - m_use) * mult);
+      row_m[mt][hf] = m_new;
+      float rs = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          float& x = s[mt][nt * 4 + 2 * hf + e1];
+          x = ex2(fmaf(x, mult, off));
+          rs += x;
+        }
+      }
+      row_l[mt][hf] = row_l[mt][hf] * alpha[hf] + rs;
+    }
+  };
+  // P of block mt (in s) packed as the register A operand of O += P V (16 keys per k-step)
+  auto pack_p = [&](int mt, uint32_t (&a)[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      a[kk][0] = Num<T>::pack(s[mt][(2 * kk) * 4 + 0], s[mt][(2 * kk) * 4 + 1]);
+      a[kk][1] = Num<T>::pack(s[mt][(2 * kk) * 4 + 2], s[mt][(2 * kk) * 4 + 3]);
+      a[kk][2] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 0], s[mt][(2 * kk + 1) * 4 + 1]);
+      a[kk][3] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 2], s[mt][(2 * kk + 1) * 4 + 3]);
+    }
+  };
+  // output of block mt times alpha; alpha is exactly 1 while a row's max holds, so a warp skips the
+  // multiplies when none of its rows moved (not on m128w4 tiles with the bias: the branch costs spills there)
+  auto rescale = [&](int mt, const float (&alpha)[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      if (!kMaySkipRescale || __any_sync(0xffffffffu, alpha[hf] != 1.f)) {
+#pragma unroll
+        for (int dt = 0; dt < DT0; ++dt) {
+          acc0[mt][dt * 4 + 2 * hf] *= alpha[hf];
+          acc0[mt][dt * 4 + 2 * hf + 1] *= alpha[hf];
+        }
+        if constexpr (kP1) {
+#pragma unroll
+          for (int dt = 0; dt < 2; ++dt) {
+            acc1[mt][dt * 4 + 2 * hf] *= alpha[hf];
+            acc1[mt][dt * 4 + 2 * hf + 1] *= alpha[hf];
           }
         }
       }
+    }
+  };
+  auto fence_out = [&](int mt) {
+    fence_regs(acc0[mt]);
+    if constexpr (kP1) fence_regs(acc1[mt]);
+  };
+  // tile geometry of the current step (uniform): first key token and valid keys (sequence layout);
+  // run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
+  auto tile_keys = [&](int j, int sub, int* n_valid) {
+    const int t0 = j * bk + sub * kBlockN;
+    *n_valid = kBias == kBiasRun64 ? kBlockN : min(kBlockN, min(bk - sub * kBlockN, nk - t0));
+    return t0;
+  };
 
-      // ---- online softmax (base 2); the height term enters through the row max
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_tile = mx + hv[mt][hf];  // -inf stays -inf
-        const float m_new = fmaxf(row_m[mt][hf], m_tile);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float off = (hv[mt][hf] - m_use) * mult;
-        const float alpha = ex2((row_m[mt][hf] - m_use) * mult);
-        row_m[mt][hf] = m_new;
-        float rs = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            float& x = s[mt][nt * 4 + 2 * hf + e1];
-            x = ex2(fmaf(x, mult, off));
-            rs += x;
-          }
-        }
-        row_l[mt][hf] = row_l[mt][hf] * alpha + rs;
-        // alpha is exactly 1 while a row's max holds: the warp skips the rescale when none of its rows moved
-        // (not on m128w4 tiles with the bias: the branch costs spills there, offline)
-        if (!kMaySkipRescale || __any_sync(0xffffffffu, alpha != 1.f)) {
-#pragma unroll
-          for (int dt = 0; dt < DT0; ++dt) {
-            acc0[mt][dt * 4 + 2 * hf] *= alpha;
-            acc0[mt][dt * 4 + 2 * hf + 1] *= alpha;
-          }
-          if constexpr (kP1) {
-#pragma unroll
-            for (int dt = 0; dt < 2; ++dt) {
-              acc1[mt][dt * 4 + 2 * hf] *= alpha;
-              acc1[mt][dt * 4 + 2 * hf + 1] *= alpha;
-            }
-          }
-        }
+  // ---------------------------------------------------------------- main loop
+  int slot = 0;
+  if constexpr (kMT == 1) {
+    // One 64-row block per warpgroup: step t issues S_t = Q K_t^T and then O += P_{t-1} V_{t-1}, and runs
+    // the softmax of S_t while the second product is in flight (its output factor is applied after it).
+    // K_{t+1} and V_{t+1} are loaded during step t into the stages steps t - 1 and t - 2 used: K has two
+    // stages, V three. One barrier per step.
+    uint32_t a_prev[4][4];
+    int vst = 0;  // t % kVStages
+    // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
+    // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
+    auto step = [&](auto first_tag, int t) {
+      constexpr bool kFirst = decltype(first_tag)::value;
+      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+      const int vst_next = vst == kVStages - 1 ? 0 : vst + 1;
+      const int slot1 = slot == 2 ? 0 : slot + 1;
+      const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
+      int n_valid;
+      const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
+      float hv[kMT][2];
+      height_terms(t0, hv);
+      cp_async_wait<0>();
+      fence_async_smem();
+      __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
+      fence_regs(s[0]);
+      fence_out(0);
+      wg_fence();
+      issue_qk(0, t & 1);
+      if constexpr (!kFirst) issue_pv(0, a_prev, vst_prev);
+      // the next tile's copies are issued while the products run
+      if (t + 1 < n_steps) load_kv((t + 1) & 1, vst_next, slot1);
+      cp_async_commit();
+      const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
+      if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);  // read at step t + 1, after its barrier
+      wg_wait<kFirst ? 0 : 1>();
+      fence_regs(s[0]);
+      if (n_valid == kBlockN) {
+        bias_and_mask(std::true_type{}, 0, n_valid);
+      } else {
+        bias_and_mask(std::false_type{}, 0, n_valid);
       }
+      float alpha[2];
+      softmax(0, hv[0], alpha);
+      if constexpr (!kFirst) {
+        wg_wait<0>();
+        fence_out(0);
+      }
+      rescale(0, alpha);
+      pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
 
-      // ---- O += P V for this block (P re-packed as the register A operand, 16 keys per k-step)
-      uint32_t a[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        a[kk][0] = Num<T>::pack(s[mt][(2 * kk) * 4 + 0], s[mt][(2 * kk) * 4 + 1]);
-        a[kk][1] = Num<T>::pack(s[mt][(2 * kk) * 4 + 2], s[mt][(2 * kk) * 4 + 3]);
-        a[kk][2] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 0], s[mt][(2 * kk + 1) * 4 + 1]);
-        a[kk][3] = Num<T>::pack(s[mt][(2 * kk + 1) * 4 + 2], s[mt][(2 * kk + 1) * 4 + 3]);
+      j_cur = j_next;
+      j_next = j_next2;
+      slot = slot1;
+      vst = vst_next;
+      sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
+      if (++sub2 == sub_n) {
+        sub2 = 0;
+        ++blk2;
       }
-      fence_regs(acc0[mt]);
-      if constexpr (kP1) fence_regs(acc1[mt]);
+    };
+    if (n_steps > 0) step(std::true_type{}, 0);
+    for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
+    if (n_steps > 0) {  // the last tile's P V
+      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+      fence_out(0);
+      wg_fence();
+      issue_pv(0, a_prev, vst_prev);
+      wg_wait<0>();
+      fence_out(0);
+    }
+  } else {
+    // Two 64-row blocks per warpgroup, one wgmma group per block, pipelined inside the step: block 1's
+    // Q K^T runs while block 0 does its softmax, and block 0's P V while block 1 does its own (groups
+    // complete in issue order). Two barriers per step (K and V share their stage index).
+    for (int t = 0; t < n_steps; ++t) {
+      const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
+      const int slot1 = slot == 2 ? 0 : slot + 1;
+      const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
+      if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, slot1);
+      cp_async_commit();
+      int n_valid;
+      const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
+      float hv[kMT][2];
+      height_terms(t0, hv);
+      cp_async_wait<1>();
+      fence_async_smem();
+      __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma
+
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
       wg_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        Wg<T>::rs_n64(acc0[mt], a[kk], Op::v_desc(base, t & 1, 0, kk));
-        if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[kk], Op::v_desc(base, t & 1, 1, kk));
-      }
-      wg_commit();
-    }
-    wg_wait<0>();
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      fence_regs(acc0[mt]);
-      if constexpr (kP1) fence_regs(acc1[mt]);
-    }
+      for (int mt = 0; mt < kMT; ++mt) issue_qk(mt, t & 1);
 
-    if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);
-    __syncthreads();  // stage t & 1 and table `slot` are free again
-    j_cur = j_next;
-    j_next = j_next2;
-    slot = slot1;
-    sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
-    if (++sub2 == sub_n) {
-      sub2 = 0;
-      ++blk2;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        // block mt's product is done once at most the later blocks' products (block 0) or the previous
+        // block's P V (block 1) are pending
+        if (mt == 0) {
+          wg_wait<kMT - 1>();
+        } else {
+          wg_wait<1>();
+        }
+        fence_regs(s[mt]);
+        if (n_valid == kBlockN) {
+          bias_and_mask(std::true_type{}, mt, n_valid);
+        } else {
+          bias_and_mask(std::false_type{}, mt, n_valid);
+        }
+        float alpha[2];
+        uint32_t a[4][4];
+        softmax(mt, hv[mt], alpha);
+        pack_p(mt, a);
+        rescale(mt, alpha);
+        fence_out(mt);
+        wg_fence();
+        issue_pv(mt, a, t & 1);
+      }
+      wg_wait<0>();
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) fence_out(mt);
+
+      if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);
+      __syncthreads();  // stage t & 1 and table `slot` are free again
+      j_cur = j_next;
+      j_next = j_next2;
+      slot = slot1;
+      sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
+      if (++sub2 == sub_n) {
+        sub2 = 0;
+        ++blk2;
+      }
     }
   }
 
@@ -554,7 +681,8 @@ template <typename T, int D, int kBias, int kWG, int kMT>
 const char* launch(FwdParams& p, cudaStream_t stream) {
   constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
   auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT>;
-  const int smem = Smem<D, kBlockM>::kBytes;
+  // + the run-64 width terms (4 uint4 per thread and 64-row block, see the kernel)
+  const int smem = Smem<D, kBlockM>::kBytes + (kBias == kBiasRun64 ? Rows<kWG, kMT>::kThreads * kMT * 64 : 0);
   tile_queries(p, kBlockM);  // run_fwd_hd tiled for the mma.sync kernel's rows
   p.smem_bytes = smem;
   p.bias_mode = kBias;
@@ -590,10 +718,7 @@ const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
     const bool dense = p.kv_num == nullptr;
     const bool run64 = p.rel_h != nullptr && runs_fit(p, 64, sm90::kBlockN, dense);
     if (p.rel_h != nullptr && !run64) return nullptr;
-    const int tile = p.wgmma_tile != 0            ? p.wgmma_tile
-                     : (!dense && p.bq <= 64)      ? kWgmmaM64W4
-                     : (run64 && D == 80)          ? kWgmmaM128W8
-                                                   : kWgmmaM128W4;
+    const int tile = p.wgmma_tile != 0 ? p.wgmma_tile : (!dense && p.bq <= 64) ? kWgmmaM64W4 : kWgmmaM128W8;
     *taken = true;
     return run64 ? launch_shape<T, D, kBiasRun64>(p, stream, tile) : launch_shape<T, D, kBiasNone>(p, stream, tile);
   }
