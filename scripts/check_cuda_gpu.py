@@ -181,7 +181,8 @@ def stage_bench() -> int:
     from samsparse.masks import BlockMask
     from samsparse.relpos import RelPos
 
-    os.environ.setdefault("SAMSPARSE_TRITON_AUTOTUNE", "0")
+    # Triton rows are tuned (its autotuner times candidates on the first call of each shape class, before
+    # the timed calls), as users run it: untuned default configs are up to 1.5x slower (d=80 rel-pos)
     try:
         from samsparse.backends.triton import ops as triton_ops
     except Exception as exc:  # noqa: BLE001

@@ -531,7 +531,9 @@ def test_kernel_variant_choice(monkeypatch):
     arch = {"cuda": 90}
     monkeypatch.setattr(ops, "device_arch", lambda device: arch.get(device.type, 0))
     monkeypatch.delenv(ops.KERNEL_ENV, raising=False)
-    assert ops.kernel_variant(dev) == 0  # mma.sync until the wgmma kernel's GPU runs are recorded
+    assert ops.kernel_variant(dev) == 1  # the Hopper kernel by default on compute capability 9.0
+    monkeypatch.setenv(ops.KERNEL_ENV, "mma")
+    assert ops.kernel_variant(dev) == 0
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
     assert ops.kernel_variant(dev) == 1
     assert ops.kernel_variant(torch.device("cpu")) == 0

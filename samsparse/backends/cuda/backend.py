@@ -109,12 +109,12 @@ _KERNEL_CHOICES = ("mma", "wgmma")
 def kernel_variant(device: torch.device) -> int:
     """Kernel the extension is asked for on ``device``: 1 (wgmma, fwd_sm90.cuh) or 0 (mma.sync).
 
-    ``SAMSPARSE_CUDA_KERNEL=wgmma`` asks for the Hopper kernel on compute capability 9.0 devices; it
-    serves head dims 64 and 80 in the sequence layout without bias or with SAM's global rel-pos, and
-    the mma.sync kernel runs every other call. The default, ``mma``, is the kernel verified on GPUs;
-    the wgmma one becomes the default once its GPU grid and timings are recorded.
+    On compute capability 9.0 devices the default, ``SAMSPARSE_CUDA_KERNEL=wgmma``, takes the Hopper
+    kernel for the calls it serves (head dims 64 and 80 in the sequence layout, without bias or with
+    SAM's global rel-pos); the mma.sync kernel runs every other call, and every call on other GPUs.
+    ``SAMSPARSE_CUDA_KERNEL=mma`` keeps every call on the mma.sync kernel (for A/B timings).
     """
-    choice = os.environ.get(KERNEL_ENV, "mma").strip().lower() or "mma"
+    choice = os.environ.get(KERNEL_ENV, "wgmma").strip().lower() or "wgmma"
     if choice not in _KERNEL_CHOICES:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(_KERNEL_CHOICES)}")
     return 1 if choice == "wgmma" and device_arch(device) == 90 else 0
