@@ -504,11 +504,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     // stages, V three. One barrier per step.
     uint32_t a_prev[4][4];
     int vst = 0;  // t % kVStages
-    float hv[kMT][2];  // height terms of step t's key tile, loaded one step ahead
-    if (n_steps > 0) {
-      int n_valid0;
-      height_terms(tile_keys(j_cur, sub_cur, &n_valid0), hv);
-    }
     // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
     // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
     auto step = [&](auto first_tag, int t) {
@@ -518,13 +513,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       const int slot1 = slot == 2 ? 0 : slot + 1;
       const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
       int n_valid;
-      tile_keys(j_cur, sub_cur, &n_valid);
-      const int sub_next = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
-      float hv_next[kMT][2] = {};
-      if (t + 1 < n_steps) {
-        int n_valid_next;
-        height_terms(tile_keys(j_next, sub_next, &n_valid_next), hv_next);
-      }
+      const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
+      float hv[kMT][2];
+      height_terms(t0, hv);
       cp_async_wait<0>();
       fence_async_smem();
       __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
@@ -553,14 +544,12 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
       rescale(0, alpha);
       pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
-      hv[0][0] = hv_next[0][0];
-      hv[0][1] = hv_next[0][1];
 
       j_cur = j_next;
       j_next = j_next2;
       slot = slot1;
       vst = vst_next;
-      sub_cur = sub_next;
+      sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
       if (++sub2 == sub_n) {
         sub2 = 0;
         ++blk2;
