@@ -824,6 +824,46 @@ def test_gpu_varlen(sparse, kernel, monkeypatch):
             assert float((lse[:, qs][fin] - ref_lse[0][fin]).abs().max()) < 2e-2
 
 
+def test_rel_terms_keeps_given_terms_and_uses_einsum_off_gpu():
+    """The kernel's terms: the caller's as they are; from the tables on the CPU (or while tracing) SAM's einsum."""
+    from samsparse.relpos import RelPos
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 16, 8, generator=g)
+    rp = RelPos.from_tables(torch.randn(7, 8, generator=g), torch.randn(7, 8, generator=g), (4, 4))
+    rel_h, rel_w = ops.rel_terms(rp, q)
+    ref_h, ref_w = RelPos(rp.q_grid, rp.k_grid, rp.rh, rp.rw).terms(q)
+    assert torch.equal(rel_h, ref_h) and torch.equal(rel_w, ref_w)
+    given = RelPos((4, 4), (4, 4), rel_h=ref_h.clone(), rel_w=ref_w.clone())
+    got = ops.rel_terms(given, q)
+    assert got[0] is given.rel_h and got[1] is given.rel_w
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("d", [64, 80])
+def test_gpu_tables_take_the_triton_terms_kernel(d):
+    """Whole calls from rel-pos tables compute the terms with the Triton backend's kernel (one launch) and
+    agree with the kernel fed SAM's einsum terms."""
+    from samsparse.relpos import RelPos
+
+    assert ops._triton_terms_kernel() is not None  # Triton is available on every GPU test machine
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, h, grid = 2, 3, (16, 16)
+    n = grid[0] * grid[1]
+    qkv = torch.randn(b, n, 3, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # SAM's strided views
+    rp = RelPos.from_tables((0.3 * torch.randn(2 * grid[0] - 1, d, device="cuda", generator=g)).bfloat16(),
+                            (0.3 * torch.randn(2 * grid[1] - 1, d, device="cuda", generator=g)).bfloat16(), grid)
+    rel_h, rel_w = ops.rel_terms(rp, q)
+    ref_h, ref_w = RelPos(rp.q_grid, rp.k_grid, rp.rh, rp.rw).terms(q)
+    assert float((rel_h.float() - ref_h.float()).abs().max()) <= 0.02 * float(ref_h.float().abs().max())
+    assert float((rel_w.float() - ref_w.float()).abs().max()) <= 0.02 * float(ref_w.float().abs().max())
+    out, _ = ops.attention(q, k, v, None, rp)
+    ref, _ = ops.attention(q, k, v, None, RelPos(grid, grid, rel_h=ref_h, rel_w=ref_w))
+    assert float((out.float() - ref.float()).abs().max()) < 2e-2
+
+
 @gpu
 @needs_gpu
 def test_gpu_compile_fullgraph_and_opcheck():

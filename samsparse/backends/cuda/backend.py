@@ -10,6 +10,7 @@ never at import or while tracing.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -230,8 +231,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_
         q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] (H % Hkv == 0); fp16/bf16; D a multiple
             of 8 up to 256; any strides (rows that are not 16-byte aligned are copied).
         mask: a samsparse ``BlockMask`` (sequence or tiles layout) or None (dense).
-        rel_pos: a samsparse ``RelPos`` (its terms, or terms computed from its tables
-            with one einsum in q's dtype, as SAM does) or None.
+        rel_pos: a samsparse ``RelPos`` (its terms, or terms computed from its tables in
+            q's dtype: see :func:`rel_terms`) or None.
         scale: softmax scale (default D ** -0.5), must be positive.
 
     Returns:
@@ -246,13 +247,45 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, rel_
     kg = (0, 0)
     if rel_pos is not None:
         kg = tuple(rel_pos.k_grid)
-        rel_h, rel_w = rel_pos.terms(q)
+        rel_h, rel_w = rel_terms(rel_pos, q)
         if rel_h.dtype != q.dtype:
             rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
     return torch.ops.samsparse.cuda_attention(
         q, k, v, m.kv_num_blocks, m.kv_indices, rel_h, rel_w, scale,
         m.layout, m.block_q, m.block_k, *m.tile_grid, *m.tile, kg[0], kg[1],
     )
+
+
+def rel_terms(rel_pos, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rel_h [B, H, Nq, gh_k] and rel_w [B, H, Nq, gw_k] (q's dtype, any strides) for the kernel.
+
+    The caller's (or cached) terms as they are; from the tables, the Triton backend's terms kernel where it
+    runs (real CUDA tensors: one launch instead of SAM's two einsums, whose copies of a strided q cost
+    ~0.3 ms at vit_b B = 8 on an H200), else SAM's einsum (``RelPos.terms``: CPU, tracing, no Triton).
+    """
+    ready = rel_pos.ready_terms(q)
+    if ready is not None:
+        return ready
+    if rel_pos.has_tables and q.is_cuda and not _is_fake(q):
+        terms_kernel = _triton_terms_kernel()
+        if terms_kernel is not None:
+            return terms_kernel(q, rel_pos.rh, rel_pos.rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid))
+    return rel_pos.terms(q)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_terms_kernel():
+    """``samsparse.backends.triton.ops.relpos_terms`` when the Triton backend is available, else None."""
+    try:
+        from ..registry import get
+
+        if get("triton").is_available() is None:
+            from ..triton.ops import relpos_terms
+
+            return relpos_terms
+    except Exception:  # noqa: BLE001  (no Triton, or it cannot run here: SAM's einsum instead)
+        pass
+    return None
 
 
 # ---------------------------------------------------------------------------- varlen
@@ -364,7 +397,7 @@ class CudaBackend(Backend):
     Supports: dense or ``BlockMask`` (sequence and tiles layouts, broadcast B'/H',
     empty rows), GQA/MQA, any input strides, head dims that are multiples of 8 up to
     256 (kernels for 32, 64, 80, 128, 256; others are zero-padded to the next one),
-    rel-pos terms or tables (tables -> terms with one einsum in q's dtype), LSE.
+    rel-pos terms or tables (tables -> terms as in :func:`rel_terms`), LSE.
     The extension is compiled on the first GPU call (cached); if that fails,
     ``why_not`` says why and ``auto`` falls back to the next backend.
     """
