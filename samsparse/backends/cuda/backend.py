@@ -269,7 +269,8 @@ def rel_terms(rel_pos, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rel_pos.has_tables and q.is_cuda and not _is_fake(q):
         terms_kernel = _triton_terms_kernel()
         if terms_kernel is not None:
-            return terms_kernel(q, rel_pos.rh, rel_pos.rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid))
+            rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)  # (no copy when already there)
+            return terms_kernel(q, rh, rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid))
     return rel_pos.terms(q)
 
 
