@@ -52,9 +52,9 @@
 #              into samsparse/backends/triton/tuned/ for this GPU
 #   cuda       scripts/check_cuda_gpu.sh build + bench
 #   attncuda   bench_attention.py with the CUDA backend's rows (mma.sync, wgmma), B=8, sequence masks (#6's table)
-#   wgmma      the Hopper CUDA kernel (SAMSPARSE_CUDA_KERNEL=wgmma, written without a GPU in the fourteenth
-#              session): its GPU tests (both tile heights, varlen), then check_cuda_gpu.sh build + bench
-#              (wgmma rows next to mma.sync, cuDNN and Triton) + memcheck90 (compute-sanitizer)
+#   wgmma      the Hopper CUDA kernel (the CUDA backend's default on compute capability 9.0): its GPU tests
+#              (every tile shape, varlen), then check_cuda_gpu.sh build + bench (wgmma rows per tile next to
+#              mma.sync, cuDNN and tuned Triton) + memcheck90 (compute-sanitizer); ~2 min, the check of a kernel edit
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
 set -u
 cd "$(dirname "$0")/.."
