@@ -19,6 +19,7 @@ Stages (each a subprocess, so a crash or a poisoned CUDA context stays contained
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,21 @@ for _p in (str(ROOT), str(ROOT / "tests")):
 STAGES = ["build", "correct", "bench", "memcheck", "memcheck90", "pytest", "racecheck"]
 TIMEOUTS = {"build": 420, "correct": 300, "bench": 300, "memcheck": 420, "memcheck90": 300, "pytest": 300,
             "racecheck": 420}
+
+
+@contextlib.contextmanager
+def _env(overrides: dict):
+    """Environment variables set for the block, restored after (the backends read them per call)."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, val in saved.items():
+            if val is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = val
 
 
 def out_dir() -> Path | None:
@@ -250,16 +266,18 @@ def stage_bench() -> int:
         sparse64 = BlockMask(blocks64, 64, n).to("cuda")
         dens64 = sparse64.density()
         wg = {cuda_ops.KERNEL_ENV: "wgmma"}  # the Hopper kernel (compute capability 9.0 only)
+        mma = {cuda_ops.KERNEL_ENV: "mma"}  # the "cuda" rows: the mma.sync kernel (wgmma is Hopper's default)
         contenders = [
             ("sdpa_cudnn (no bias)", sdpa_on("CUDNN_ATTENTION"), 1.0, "flash"),
             ("sdpa_flash (no bias)", sdpa_flash, 1.0, None),
-            ("cuda (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash"),
+            ("cuda (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", mma),
             ("cuda kernel only (no bias)", cuda_raw, 1.0, "flash"),
-            ("cuda rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias"),
-            ("cuda rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias"),
-            (f"cuda sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse"),
+            ("cuda rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", mma),
+            ("cuda rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias", mma),
+            (f"cuda sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse",
+             mma),
             (f"cuda sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
-             "sparse64"),
+             "sparse64", mma),
             ("sdpa + materialised bias", sdpa_bias, 1.0, "bias"),
         ]
         if torch.cuda.get_device_capability() == (9, 0):
@@ -295,29 +313,25 @@ def stage_bench() -> int:
             say(f"sdpa flash failed: {exc}")
         refs["bias"] = sdpa_bias()
         # sparse rows: against the mma.sync kernel (verified on the shared grid) on the same mask
-        refs["sparse"] = cuda_ops.attention(q, k, v, sparse, rp_terms)[0].clone()
-        refs["sparse64"] = cuda_ops.attention(q, k, v, sparse64, rp_terms)[0].clone()
+        with _env(mma):
+            refs["sparse"] = cuda_ops.attention(q, k, v, sparse, rp_terms)[0].clone()
+            refs["sparse64"] = cuda_ops.attention(q, k, v, sparse64, rp_terms)[0].clone()
         base_ms = None
         for name, fn, density, ref, *env in contenders:
-            saved = {key: os.environ.get(key) for key in (env[0] if env else {})}
-            os.environ.update(env[0] if env else {})
             try:
-                out = fn()
-                torch.cuda.synchronize()
-                err = float((out.float() - refs[ref].float()).abs().max()) if ref in refs else float("nan")
-                ms = timer(fn)
-                if name.startswith("wgmma") and "kernel only" not in name and cuda_ops.last_launch()["kernel"] != "wgmma":
-                    raise RuntimeError(f"ran {cuda_ops.last_launch()}, not the wgmma kernel")
+                with _env(env[0] if env else {}):
+                    out = fn()
+                    torch.cuda.synchronize()
+                    err = float((out.float() - refs[ref].float()).abs().max()) if ref in refs else float("nan")
+                    ms = timer(fn)
+                    launch = cuda_ops.last_launch() if name.startswith(("wgmma", "cuda")) else None
+                want = "wgmma" if name.startswith("wgmma") else "mma" if name.startswith("cuda") else None
+                if want and "kernel only" not in name and launch["kernel"] != want:
+                    raise RuntimeError(f"ran {launch}, not the {want} kernel")
             except Exception as exc:  # noqa: BLE001
                 say(f"d={d} {name}: FAILED {type(exc).__name__}: {exc}")
                 rows.append({"d": d, "h": h, "name": name, "error": str(exc)})
                 continue
-            finally:
-                for key, val in saved.items():
-                    if val is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = val
             tflops = flops * density / (ms * 1e-3) / 1e12
             if name.startswith("sdpa_") and "(no bias)" in name:
                 base_ms = ms if base_ms is None else min(base_ms, ms)  # the fastest SDPA path is the ceiling

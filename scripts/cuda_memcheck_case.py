@@ -4,7 +4,7 @@
     compute-sanitizer --tool racecheck --error-exitcode 3 python scripts/cuda_memcheck_case.py --small
     compute-sanitizer --tool memcheck --error-exitcode 3 python scripts/cuda_memcheck_case.py --wgmma
 
-Covers: dense without bias, masks in both layouts (partial tiles, empty rows,
+Covers (the mma.sync kernel): dense without bias, masks in both layouts (partial tiles, empty rows,
 broadcast), every bias mode (generic, runs of 16 / 32 / 64), head dims 32, 64,
 80, 128, 256 and zero-padded ones (16, 96), GQA, strided inputs, varlen; ``--wgmma``:
 the Hopper kernel's calls (SAMSPARSE_CUDA_KERNEL=wgmma, compute capability 9.0). Each
@@ -65,6 +65,7 @@ def main() -> int:
         return 2
     small = "--small" in sys.argv
     cases = [(i, c, "") for i, c in enumerate(CASES)]
+    os.environ[ops.KERNEL_ENV] = "mma"  # CASES check the mma.sync kernel (wgmma is the default on Hopper)
     if "--wgmma" in sys.argv:
         if torch.cuda.get_device_capability() != (9, 0):
             print("--wgmma needs a compute capability 9.0 GPU (H100/H200)", file=sys.stderr)
