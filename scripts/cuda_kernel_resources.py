@@ -25,12 +25,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from samsparse.backends.cuda.build import standalone_nvcc_flags  # noqa: E402
+
 CSRC = ROOT / "samsparse" / "backends" / "cuda" / "csrc"
-NVCC_FLAGS = [
-    "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-Xptxas=-v",
-    "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    "-D__CUDA_NO_HALF2_OPERATORS__",
-]
+NVCC_FLAGS = [*standalone_nvcc_flags(), "-Xptxas=-v"]
 _BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+[^;]*?0x([0-9a-f]+)")
 _INSTR = re.compile(r"/\*[0-9a-f]{4,}\*/\s+\S")
 

@@ -494,9 +494,7 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
     """One kernel translation unit (all its bias modes; no torch headers) compiles for sm_90 / sm_80,
     and for sm_90a with the Hopper kernels (wgmma): spills bounded, no ptxas serialization of their wgmma."""
     cmd = [
-        _nvcc(), "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-Xptxas=-v",
-        "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-        "-D__CUDA_NO_HALF2_OPERATORS__",
+        _nvcc(), *build.standalone_nvcc_flags(), "-Xptxas=-v",
         f"-gencode=arch=compute_{arch},code=sm_{arch}", "-I", str(CSRC), "-c", str(CSRC / unit),
         "-o", str(tmp_path / "unit.o"),
     ]

@@ -22,8 +22,8 @@ Environment:
 - ``SAMSPARSE_CUDA_ARCH`` — architecture list for builds (``"9.0"``, ``"8.0;9.0"``);
   default: the local GPU's for JIT builds, ``8.0;9.0`` ahead of time.
 - ``SAMSPARSE_CUDA_BUILD=0`` — never compile; use a cached build or report why not.
-- ``SAMSPARSE_CUDA_KERNEL`` — ``mma`` (default) or ``wgmma`` (the Hopper kernel where it applies,
-  see :func:`samsparse.backends.cuda.backend.kernel_variant`). Builds for 9.0 compile sm_90a.
+- ``SAMSPARSE_CUDA_KERNEL`` — ``wgmma`` (default: the Hopper kernel where it applies, see
+  :func:`samsparse.backends.cuda.backend.kernel_variant`) or ``mma``. Builds for 9.0 compile sm_90a.
 - ``MAX_JOBS`` — parallel compile jobs (torch's cpp_extension).
 """
 
@@ -67,6 +67,16 @@ NVCC_FLAGS = [
     "--expt-relaxed-constexpr",
     "-DNDEBUG",
 ]
+
+
+def standalone_nvcc_flags() -> list[str]:
+    """nvcc flags of the extension build for a standalone compile of one csrc unit (no torch headers):
+    ours plus those torch's cpp_extension adds to every nvcc call. For the offline kernel checks
+    (tests/test_cuda_backend.py, scripts/cuda_kernel_resources.py), so they see the kernels the build makes."""
+    from torch.utils import cpp_extension
+
+    flags = ["-std=c++17", *NVCC_FLAGS]
+    return flags + [f for f in cpp_extension.COMMON_NVCC_FLAGS if f not in flags]
 
 
 class BuildError(RuntimeError):
