@@ -267,30 +267,28 @@ def stage_bench() -> int:
         dens64 = sparse64.density()
         wg = {cuda_ops.KERNEL_ENV: "wgmma"}  # the Hopper kernel (compute capability 9.0 only)
         mma = {cuda_ops.KERNEL_ENV: "mma"}  # the "cuda" rows: the mma.sync kernel (wgmma is Hopper's default)
+
+        def kernel_rows(prefix, env, raw):
+            """The CUDA backend's rows for one kernel (``env`` picks it; ``raw``: the op alone, no wrapper)."""
+            return [
+                (f"{prefix} (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", env),
+                (f"{prefix} kernel only (no bias)", raw, 1.0, "flash", env),
+                (f"{prefix} rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", env),
+                (f"{prefix} rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias", env),
+                (f"{prefix} sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens,
+                 "sparse", env),
+                (f"{prefix} sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0],
+                 dens64, "sparse64", env),
+            ]
+
         contenders = [
             ("sdpa_cudnn (no bias)", sdpa_on("CUDNN_ATTENTION"), 1.0, "flash"),
             ("sdpa_flash (no bias)", sdpa_flash, 1.0, None),
-            ("cuda (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", mma),
-            ("cuda kernel only (no bias)", cuda_raw, 1.0, "flash"),
-            ("cuda rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", mma),
-            ("cuda rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias", mma),
-            (f"cuda sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse",
-             mma),
-            (f"cuda sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
-             "sparse64", mma),
+            *kernel_rows("cuda", mma, cuda_raw),
             ("sdpa + materialised bias", sdpa_bias, 1.0, "bias"),
         ]
         if torch.cuda.get_device_capability() == (9, 0):
-            contenders += [
-                ("wgmma (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", wg),
-                ("wgmma kernel only (no bias)", cuda_raw_wgmma, 1.0, "flash", wg),
-                ("wgmma rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", wg),
-                ("wgmma rel-pos tables", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0], 1.0, "bias", wg),
-                (f"wgmma sparse p={dens:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse, rp_terms)[0], dens, "sparse",
-                 wg),
-                (f"wgmma sparse64 p={dens64:.2f} +rel", lambda: cuda_ops.attention(q, k, v, sparse64, rp_terms)[0], dens64,
-                 "sparse64", wg),
-            ]
+            contenders += kernel_rows("wgmma", wg, cuda_raw_wgmma)
             for tile in cuda_ops.WGMMA_TILES:  # every tile shape forced, for the default's A/B
                 env = {**wg, cuda_ops.WGMMA_TILE_ENV: tile}
                 contenders += [
