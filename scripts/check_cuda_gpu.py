@@ -255,10 +255,16 @@ def stage_bench() -> int:
             torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
             return out_k
 
-        geom_wg = [0] * 13 + [1]
+        geom_wg = [0] * 13 + [1]  # the fixed-offset softmax (the extension's default)
+        geom_wg_running = [0] * 13 + [1, 0, 0]
 
         def cuda_raw_wgmma():
             torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom_wg)
+            return out_k
+
+        def cuda_raw_wgmma_running():
+            torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5,
+                                         geom_wg_running)
             return out_k
 
         blocks64 = torch.rand(1, h, n // 64, n // 64, generator=torch.Generator().manual_seed(3)) < 0.25
@@ -289,6 +295,8 @@ def stage_bench() -> int:
         ]
         if torch.cuda.get_device_capability() == (9, 0):
             contenders += kernel_rows("wgmma", wg, cuda_raw_wgmma)
+            # the same kernel with the running-max softmax (SAMSPARSE_CUDA_FIXED_OFFSET=0), for the A/B
+            contenders += kernel_rows("wgmma running", {**wg, cuda_ops.FIXED_OFFSET_ENV: "0"}, cuda_raw_wgmma_running)
             for tile in cuda_ops.WGMMA_TILES:  # every tile shape forced, for the default's A/B
                 env = {**wg, cuda_ops.WGMMA_TILE_ENV: tile}
                 contenders += [
@@ -326,6 +334,8 @@ def stage_bench() -> int:
                 want = "wgmma" if name.startswith("wgmma") else "mma" if name.startswith("cuda") else None
                 if want and "kernel only" not in name and launch["kernel"] != want:
                     raise RuntimeError(f"ran {launch}, not the {want} kernel")
+                if name.startswith("wgmma running") and "kernel only" not in name and launch["softmax"] != "running":
+                    raise RuntimeError(f"ran {launch}, not the running-max softmax")
             except Exception as exc:  # noqa: BLE001
                 say(f"d={d} {name}: FAILED {type(exc).__name__}: {exc}")
                 rows.append({"d": d, "h": h, "name": name, "error": str(exc)})

@@ -38,8 +38,8 @@ def short_name(mangled: str) -> str:
     """attn_fwd_kernel<bf16, 64, 64> style name of a mangled kernel symbol."""
     kernel = "attn_fwd_sm90_kernel" if "sm90" in mangled else "attn_fwd_kernel"
     dtype = "bf16" if "bfloat16" in mangled else "fp16" if "half" in mangled else "?"
-    ints = re.findall(r"Li(\d+)E", mangled)
-    return f"{kernel}<{dtype}, {', '.join(ints)}>"
+    args = [i or b for i, b in re.findall(r"Li(\d+)E|Lb([01])E", mangled)]  # int and bool template arguments
+    return f"{kernel}<{dtype}, {', '.join(args)}>"
 
 
 def ptxas_resources(stderr: str) -> dict[str, tuple[int, int]]:

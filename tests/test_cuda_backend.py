@@ -512,10 +512,14 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
         # ptxas -v: per kernel "Compiling entry function '<name>'", then its spill line
         blocks = proc.stderr.split("Compiling entry function")[1:]
         hopper = [b for b in blocks if "attn_fwd_sm90_kernel" in b.split("\n", 1)[0]]
-        assert len(hopper) == 6, "the Hopper kernel: no bias and run-64 bias, three tile shapes"
+        # no bias and run-64 bias; tiles m64w4 and m128w8 with the fixed-offset and the running-max softmax,
+        # m128w4 with the running max
+        assert len(hopper) == 10, "the Hopper kernel: 2 bias modes x 5 (tile, softmax) variants"
         for b in hopper:
             spill = int(re.search(r"(\d+) bytes spill stores", b).group(1))
-            assert spill <= 96, b[:600]  # d = 80 run-64 on m128w8 tiles: 20 B (nvcc 13.0)
+            assert spill <= 96, b[:600]  # d = 80 run-64 on m128w8 tiles, running max: 8 B (nvcc 13.0)
+            if "Lb1E" in b.split("\n", 1)[0]:
+                assert spill == 0, b[:600]  # the fixed-offset kernels: the default path
         # ptxas serialised the wgmma pipeline (C7513: registers defined, C7514: accumulators read, C7515: ...)
         assert not re.search(r"C751[0-9]\) Potential Performance Loss", proc.stderr), proc.stderr[-2000:]
 
@@ -544,10 +548,18 @@ def test_kernel_variant_choice(monkeypatch):
         ops.kernel_variant(dev)
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
     arch["cuda"] = 90
+    monkeypatch.delenv(ops.FIXED_OFFSET_ENV, raising=False)
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, "m64w4")
-    assert ops._kernel_args(dev) == [1, 1]
+    assert ops._kernel_args(dev) == [1, 1, 1]  # the fixed-offset softmax by default
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, "M128W4")
-    assert ops._kernel_args(dev) == [1, 3]
+    monkeypatch.setenv(ops.FIXED_OFFSET_ENV, "0")
+    assert ops._kernel_args(dev) == [1, 3, 0]
+    monkeypatch.setenv(ops.FIXED_OFFSET_ENV, "Redo")
+    assert ops._kernel_args(dev) == [1, 3, 2]
+    monkeypatch.setenv(ops.FIXED_OFFSET_ENV, "yes")
+    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_FIXED_OFFSET"):
+        ops._kernel_args(dev)
+    monkeypatch.setenv(ops.FIXED_OFFSET_ENV, "1")
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, "128")
     with pytest.raises(ValueError, match="SAMSPARSE_CUDA_WGMMA_TILE"):
         ops._kernel_args(dev)
@@ -771,6 +783,65 @@ def test_gpu_wgmma_matches_reference(case, tile, monkeypatch):
     res = run_case(case)
     assert res["ok"], f"{case.id}: " + "; ".join(res["problems"]) + f" {res}"
     assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()
+
+
+@gpu
+@needs_hopper
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=[c.id for c in WGMMA_CASES])
+def test_gpu_wgmma_softmax_modes(case, monkeypatch):
+    """The Hopper kernel's running-max softmax (SAMSPARSE_CUDA_FIXED_OFFSET=0) and the fixed-offset pass
+    followed by a forced second pass in every CTA (=redo) both match the reference; the forced second pass
+    is the running-max pass, bit for bit (so the restart leaves no state behind)."""
+    from samsparse.backends.cuda import CudaBackend
+
+    cb = CudaBackend()
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    outs = {}
+    for mode in ("0", "redo"):
+        monkeypatch.setenv(ops.FIXED_OFFSET_ENV, mode)
+        q, k, v, mask, rel_pos = make_inputs(case, device="cuda")
+        out, lse = cb.attend(q, k, v, mask, rel_pos, return_lse=True)
+        torch.cuda.synchronize()
+        res = check(case, q, k, v, mask, rel_pos, out, lse)
+        assert res["ok"], f"{case.id} mode {mode}: " + "; ".join(res["problems"]) + f" {res}"
+        assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()
+        outs[mode] = (out, lse)
+    assert torch.equal(outs["0"][0], outs["redo"][0])
+    assert torch.equal(outs["0"][1], outs["redo"][1])
+
+
+@gpu
+@needs_hopper
+@pytest.mark.parametrize("tile", ["m64w4", "m128w8"])
+@pytest.mark.parametrize("d", [64, 80])
+def test_gpu_wgmma_fixed_offset_overflow_takes_the_second_pass(d, tile, monkeypatch):
+    """Logits that climb far above step 0's maximum (keys growing along the sequence: ~80-90 nats more at
+    the end) overflow the fixed-offset sums (2^64 reached): those CTAs run again with the running max, so
+    the result stays finite and right, and equals the running-max kernel's where every CTA ran again."""
+    from samsparse.backends.cuda import CudaBackend
+
+    cb = CudaBackend()
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, tile)
+    g = torch.Generator().manual_seed(90 + d)
+    b, h, n = 2, 2, 1024
+    q = torch.randn(b, h, n, d, generator=g).abs()
+    k = torch.randn(b, h, n, d, generator=g).abs() * torch.linspace(0.0, 16.0, n).view(1, 1, n, 1)
+    v = torch.randn(b, h, n, d, generator=g)
+    q, k, v = (t.to(torch.bfloat16).cuda() for t in (q, k, v))
+    ref = reference_attention(q.float(), k.float(), v.float(), None, None)
+    outs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv(ops.FIXED_OFFSET_ENV, mode)
+        out = cb.attend(q, k, v, None, None)
+        torch.cuda.synchronize()
+        assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()
+        assert torch.isfinite(out).all(), f"mode {mode}: non-finite output"
+        err = float((out.float() - ref).abs().max() / ref.abs().max())
+        assert err < 2e-2, f"mode {mode}: max rel err {err}"
+        outs[mode] = out
+    # step 0 sees keys ~0, the last ones ~16x larger in every dimension: every CTA overflows and runs again
+    assert torch.equal(outs["1"], outs["0"])
 
 
 def _varlen_case(dtype=torch.float16, sparse=True, h=4, hkv=2, d=64):

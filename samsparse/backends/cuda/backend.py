@@ -89,19 +89,24 @@ def device_smem_limit(device: torch.device) -> int:
 
 
 def last_launch() -> dict:
-    """Bias mode, shared memory and kernel (``"mma"`` or ``"wgmma"``) of the last launch in this thread."""
+    """Bias mode, shared memory, kernel (``"mma"`` or ``"wgmma"``) and the Hopper kernel's softmax
+    (``"running"``, ``"fixed"``, ``"fixed+redo"``; see :func:`softmax_mode`) of the last launch in this thread."""
     from . import build
 
     build.require()
-    mode, smem, variant = torch.ops.samsparse_cuda.last_launch()
+    mode, smem, variant, softmax = torch.ops.samsparse_cuda.last_launch()
     names = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
     kernels = {0: "mma", 1: "wgmma"}
+    softmaxes = {-1: "running", 0: "running", 1: "fixed", 2: "fixed+redo"}
     return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem),
-            "kernel": kernels.get(int(variant), str(variant))}
+            "kernel": kernels.get(int(variant), str(variant)), "softmax": softmaxes.get(int(softmax), str(softmax))}
 
 
 KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
 WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
+FIXED_OFFSET_ENV = "SAMSPARSE_CUDA_FIXED_OFFSET"
+# csrc/fwd_params.h SoftmaxMode: the Hopper kernel's softmax
+SOFTMAX_MODES = {"0": 0, "1": 1, "redo": 2}
 # csrc/fwd_params.h WgmmaTile: query rows per CTA and warps
 WGMMA_TILES = {"m64w4": 1, "m128w8": 2, "m128w4": 3}
 _KERNEL_CHOICES = ("mma", "wgmma")
@@ -145,14 +150,26 @@ def wgmma_selftest(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, devi
     return {"s_err": s_err, "o_err": o_err, "s": s, "o": o}
 
 
+def softmax_mode() -> int:
+    """The Hopper kernel's softmax, from ``SAMSPARSE_CUDA_FIXED_OFFSET``: ``1`` (default) the fixed-offset
+    softmax (step 0's row max as every step's offset, row sums from the tensor cores; a CTA whose row sums
+    reach 2^64 runs again with the running max), ``0`` the running max everywhere (A/B timings), ``redo``
+    the fixed offset with every CTA running again (tests of that second pass)."""
+    choice = os.environ.get(FIXED_OFFSET_ENV, "1").strip().lower() or "1"
+    if choice not in SOFTMAX_MODES:
+        raise ValueError(f"{FIXED_OFFSET_ENV}={choice!r}: use 1 (default), 0 or redo")
+    return SOFTMAX_MODES[choice]
+
+
 def _kernel_args(device: torch.device) -> list[int]:
-    """The extension's kernel fields: [variant, wgmma tile] (tile: 0 the kernel's rule, else one of
-    ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings)."""
+    """The extension's kernel fields: [variant, wgmma tile, softmax mode] (tile: 0 the kernel's rule, else
+    one of ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings; softmax mode: see
+    :func:`softmax_mode`)."""
     variant = kernel_variant(device)
     tile = os.environ.get(WGMMA_TILE_ENV, "").strip().lower()
     if tile and tile not in WGMMA_TILES:
         raise ValueError(f"{WGMMA_TILE_ENV}={tile!r}: use one of {', '.join(WGMMA_TILES)} (or leave it unset)")
-    return [variant, WGMMA_TILES.get(tile, 0)]
+    return [variant, WGMMA_TILES.get(tile, 0), softmax_mode()]
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,12 @@
 // implementation for torch.compile). Only light torch headers here: the kernels live
 // in their own translation units without torch.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -21,6 +23,7 @@ namespace {
 thread_local int64_t g_last_bias_mode = -1;
 thread_local int64_t g_last_smem = -1;
 thread_local int64_t g_last_variant = -1;
+thread_local int64_t g_last_softmax = -1;
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
@@ -58,7 +61,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
   check_qkv(out, "out", q);
-  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 15, "samsparse_cuda::fwd: geom must have 13 to 15 ints, got ",
+  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 16, "samsparse_cuda::fwd: geom must have 13 to 16 ints, got ",
               geom.size());
   const int64_t D = q.size(3);
   TORCH_CHECK(D % 8 == 0 && D > 0 && D <= 256 && kernel_head_dim(static_cast<int>(D)) > 0,
@@ -129,6 +132,10 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   p.wgmma_tile = geom.size() > 14 ? to_int(geom[14], "wgmma tile") : 0;
   TORCH_CHECK(p.wgmma_tile >= 0 && p.wgmma_tile <= kWgmmaM128W4, "samsparse_cuda::fwd: wgmma tile must be 0 to ",
               static_cast<int>(kWgmmaM128W4), ", got ", p.wgmma_tile);
+  p.softmax_mode = geom.size() > 15 ? to_int(geom[15], "softmax mode") : static_cast<int>(kSoftmaxFixed);
+  TORCH_CHECK(p.softmax_mode >= kSoftmaxRunning && p.softmax_mode <= kSoftmaxFixedRedo,
+              "samsparse_cuda::fwd: softmax mode must be 0 to ", static_cast<int>(kSoftmaxFixedRedo), ", got ",
+              p.softmax_mode);
 
   TORCH_CHECK(kv_num.has_value() == kv_idx.has_value(), "samsparse_cuda::fwd: give both kv_num and kv_idx, or neither");
   if (kv_num.has_value()) {
@@ -180,11 +187,23 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
 
   if (p.nq == 0 || p.batch == 0 || H == 0) return;
   c10::cuda::CUDAGuard guard(q.device());
+  // The Hopper kernel's fixed-offset softmax: one flag per CTA (at most one CTA per 64 query rows of
+  // each sequence or mask block); the caching allocator keeps it alive for the stream's launches.
+  at::Tensor redo_flags;
+  const int khd = kernel_head_dim(p.head_dim);
+  if (p.variant == kVariantSm90 && p.softmax_mode != kSoftmaxRunning && p.layout == 0 && (khd == 64 || khd == 80)) {
+    const int64_t blocks = p.kv_num != nullptr ? static_cast<int64_t>(p.num_q_blocks) * ((p.bq + 63) / 64) : 0;
+    const int64_t tiles = std::max<int64_t>((p.nq + 63) / 64, blocks);
+    redo_flags = at::empty({static_cast<int64_t>(p.batch) * p.heads * tiles}, q.options().dtype(at::kInt));
+    p.redo_flags = redo_flags.data_ptr<int>();
+    p.redo_capacity = redo_flags.numel();
+  }
   void* stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
   const char* err = run_fwd(p, dtype == at::kBFloat16, stream);
   g_last_bias_mode = p.bias_mode;
   g_last_smem = p.smem_bytes;
   g_last_variant = p.variant;
+  g_last_softmax = p.variant == kVariantSm90 ? p.softmax_ran : -1;
   TORCH_CHECK(err == nullptr, "samsparse cuda attention kernel: ", err);
 }
 
@@ -216,7 +235,7 @@ int64_t smem_bytes(int64_t head_dim, int64_t bias_mode, int64_t rgh, int64_t rgw
 
 int64_t compiled_head_dim(int64_t head_dim) { return kernel_head_dim(static_cast<int>(head_dim)); }
 
-std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem, g_last_variant}; }
+std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem, g_last_variant, g_last_softmax}; }
 
 }  // namespace
 }  // namespace samsparse

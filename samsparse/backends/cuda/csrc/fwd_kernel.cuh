@@ -138,6 +138,7 @@ __device__ __forceinline__ float ex2(float x) {
 template <typename T> struct Num;
 
 template <> struct Num<__half> {
+  static constexpr uint16_t one_bits = 0x3C00;  // 1.0
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
@@ -154,6 +155,7 @@ template <> struct Num<__half> {
 };
 
 template <> struct Num<__nv_bfloat16> {
+  static constexpr uint16_t one_bits = 0x3F80;  // 1.0
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);

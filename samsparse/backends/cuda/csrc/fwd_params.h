@@ -27,6 +27,14 @@ enum WgmmaTile : int {
   kWgmmaM128W4 = 3,  // one warpgroup, two 64-row blocks
 };
 
+// Softmax of the Hopper kernel's one-block-per-warpgroup tiles (m64w4, m128w8; m128w4 always runs the
+// running max).
+enum SoftmaxMode : int {
+  kSoftmaxRunning = 0,    // running max, rescaled output (the mma.sync kernel's softmax)
+  kSoftmaxFixed = 1,      // step 0's row max as a fixed offset; CTAs with a row sum >= 2^64 run again (running)
+  kSoftmaxFixedRedo = 2,  // the same, every CTA running again (tests of the second pass)
+};
+
 struct FwdParams {
   // Tensors. q [B, H, Nq, D], k/v [B, Hkv, Nk, D], out like q: element strides for
   // batch, head and token (the head-dim stride is 1, pointers and strides 16-byte aligned).
@@ -74,12 +82,18 @@ struct FwdParams {
   // call; only on sm_90 devices with an sm_90a build); out, the one that ran.
   int variant = 0;
   int wgmma_tile = 0;  // Hopper kernel's tile shape: 0 its rule, else a WgmmaTile (forced)
+  int softmax_mode = kSoftmaxFixed;  // Hopper kernel's softmax (SoftmaxMode)
+  // Scratch of the fixed-offset softmax: one int per CTA (which CTAs the second launch computes), at
+  // least redo_capacity of them; nullptr: the running max only.
+  int* redo_flags = nullptr;
+  long long redo_capacity = 0;
 
   // Filled in by the launcher (outputs, for diagnostics).
   int bias_mode = 0;
   int split_m = 1, sub_n = 1, ntw = 1, num_q_tiles = 0;
   int block_m = 0, block_n = 0;
   int smem_bytes = 0;
+  int softmax_ran = kSoftmaxRunning;  // SoftmaxMode of the Hopper kernel's launch
 };
 
 // Head dim the kernels are compiled for that serves `head_dim` (0: none).

@@ -43,6 +43,13 @@ template <int kWG, int kMT> struct Rows {
   static constexpr int kMinBlocks = (kWG == 1 && kMT == 1) ? 3 : 2;
 };
 
+// Where the run-64 width terms live: float32 (kFloat) or packed pairs of q's type (m64w4 at d = 80: three
+// CTAs per SM leave no room for float32); shared-memory bytes per thread, added to Smem::kBytes at launch.
+template <int D, int kWG, int kMT> struct WidthTerms {
+  static constexpr bool kFloat = !(kWG == 1 && kMT == 1 && D == 80);
+  static constexpr int kBytesPerThread = kMT * (kFloat ? 128 : 64);
+};
+
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
 template <int D> struct Panels {
   static_assert(D == 64 || D == 80, "the Hopper kernel serves head dims 64 and 80");
@@ -65,9 +72,13 @@ template <int D, int kBlockM> struct Smem {
   static constexpr int kK1 = kQ1 + kBlockM * P::kRow1;
   static constexpr int kKV1Bytes = kBlockN * P::kRow1;
   static constexpr int kInts = kK1 + kTiles * kKV1Bytes;
-  static constexpr int kIntCount = kBlockM + 3 * kBlockN;      // query tokens, 3 x key tokens
+  static constexpr int kIntCount = kBlockM;                    // query tokens
   static constexpr int kOStride = D + 8;                       // staged output row (elements)
-  static constexpr int kBytes = kInts + kIntCount * 4 + 1024;  // + slack to align the base
+  // a 16 x 8 tile of ones (P x ones = the row sums of P, fixed-offset softmax), then the run-64 width terms
+  static constexpr int kOnes = (kInts + kIntCount * 4 + 127) / 128 * 128;
+  static constexpr int kOnesBytes = 512;
+  static constexpr int kW = kOnes + kOnesBytes;
+  static constexpr int kBytes = kW + 1024;  // + slack to align the base; the launch adds the width terms
   static_assert(kQ1 % 1024 == 0 && kK1 % 256 == 0 && kInts % 16 == 0, "panel alignment");
   static_assert(kBlockM * kOStride * 2 <= kTiles * kKV0Bytes, "output staging must fit in the K/V area");
 };
@@ -123,6 +134,9 @@ template <int D, int kBlockM> struct Operands {
   }
   // B operand of O += P V: keys 16 kk ... 16 kk + 15 of the stage's V tile, columns 0-63 (panel 0) or
   // 64-79 (panel 1); 16 keys are 16 rows: 2048 / 512 bytes, + 128 / + 32 in the field
+  // B operand of P x ones (m64n8k16, K-major without swizzle): every element read is 1, so one tile
+  // serves every k-step
+  static __host__ __device__ uint64_t ones_desc(uint32_t base) { return make_desc(base + S::kOnes, 128, 256, 0); }
   static __host__ __device__ uint64_t v_desc(uint32_t base, int stage, int panel, int kk) {
     return panel == 0 ? desc_mn128(base + S::kK0 + (kKStages + stage) * S::kKV0Bytes) + 128 * kk
                       : desc_mn32(base + S::kK1 + (kKStages + stage) * S::kKV1Bytes) + 32 * kk;
@@ -175,6 +189,15 @@ template <typename T> struct Wg;
           : SAMSPARSE_WG_D32                                                                                       \
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                                   \
     }                                                                                                              \
+    /* d[4] += A (registers) B (desc, K-major), m64n8k16 */                                                       \
+    static __device__ __forceinline__ void rs_n8(float (&d)[4], const uint32_t (&a)[4], uint64_t b) {             \
+      asm volatile(                                                                                                \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                               \
+          "wgmma.mma_async.sync.aligned.m64n8k16.f32." PTXT "." PTXT                                               \
+          " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"                                               \
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                                         \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                                   \
+    }                                                                                                              \
     /* d[8] += A (registers) B (desc, N-major), m64n16k16 */                                                       \
     static __device__ __forceinline__ void rs_n16(float (&d)[8], const uint32_t (&a)[4], uint64_t b) {            \
       asm volatile(                                                                                                \
@@ -193,7 +216,10 @@ SAMSPARSE_WG_TYPE(__nv_bfloat16, "bf16")
 #undef SAMSPARSE_WG_D32
 
 // ------------------------------------------------------------------------------ kernel
-template <typename T, int D, int kBias, int kWG, int kMT>
+// kFixed: the fixed-offset softmax (one 64-row block per warpgroup only); CTAs whose row sums may have
+// overflowed write p.redo_flags[cta] = 1 and no output, and a second launch of the running-max kernel
+// (kFixed = false with p.redo_flags set) computes exactly those CTAs.
+template <typename T, int D, int kBias, int kWG, int kMT, bool kFixed>
 __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMinBlocks)
     attn_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -205,6 +231,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
   constexpr int DT0 = 8;             // n8 chunks of O in panel 0
   static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
+  constexpr bool kWF = WidthTerms<D, kWG, kMT>::kFloat;
   constexpr bool kMaySkipRescale = !(kMT == 2 && kBias == kBiasRun64);  // see the rescale below
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -212,7 +239,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   const uint32_t base = (raw_u32 + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
   unsigned char* smem = smem_raw + (base - raw_u32);
   int* sQTok = reinterpret_cast<int*>(smem + S::kInts);  // [kBlockM]
-  int* sTok = sQTok + kBlockM;                           // [3][kBlockN] token or -1
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -232,19 +258,27 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   const bool dense = p.kv_num == nullptr;
   const int bq = p.bq, bk = p.bk;
   if (qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
+  static_assert(!kFixed || kMT == 1, "the fixed-offset softmax serves one 64-row block per warpgroup");
+  if constexpr (!kFixed) {
+    if (p.redo_flags != nullptr && p.redo_flags[blockIdx.x] == 0) return;  // the fixed-offset pass wrote it
+  }
 
   for (int m = tid; m < kBlockM; m += kThreads) sQTok[m] = block_token(p, 0, qb, qs * kBlockM + m, bq, nq);
 
   const int32_t* idx_base;
   const int n_steps = key_steps(p, site, kBlockN, &idx_base);
   const int sub_n = p.sub_n;
-  // key step t reads sub-tile t % sub_n of mask block t / sub_n; the loop keeps both for steps t and
-  // t + 2 as counters (no integer division per step)
+  // key step t reads sub-tile t % sub_n of mask block t / sub_n; the loop keeps both for steps t, t + 1
+  // and t + 2 as counters (no integer division per step)
   auto block_at = [&](int blk) -> int {
     return dense ? blk : __ldg(idx_base + static_cast<int64_t>(blk) * p.ki_sk);
   };
-  auto fill_tokens = [&](int j, int sub, int slot) {
-    if (tid < kBlockN) sTok[slot * kBlockN + tid] = block_token(p, 0, j, sub * kBlockN + tid, bk, nk);
+  // tile geometry of a step (uniform; sequence layout: a tile is 64 consecutive tokens): first key token and
+  // valid keys; run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
+  auto tile_keys = [&](int j, int sub, int* n_valid) {
+    const int t0 = j * bk + sub * kBlockN;
+    *n_valid = kBias == kBiasRun64 ? kBlockN : min(kBlockN, min(bk - sub * kBlockN, nk - t0));
+    return t0;
   };
 
   const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh + k_start * p.k_sn;
@@ -266,38 +300,68 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     kv_off[i] = ch < kChunks ? Op::kv_chunk(0, 0, false, kv_row, ch) : 0;
     kv_in[i] = ch < kChunks && ch * 8 < head_dim;
   }
-  auto load_kv = [&](int kstage, int vstage, int slot) {
-    const int tok = sTok[slot * kBlockN + kv_row];
-    const T* krow = kbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.k_sn + kv_q * 8;
-    const T* vrow = vbase + static_cast<int64_t>(tok < 0 ? 0 : tok) * p.v_sn + kv_q * 8;
+  // this thread's first K and V element in a tile, from the tile's first token (32 bits: the launcher
+  // checks 64 token strides fit)
+  const uint32_t k_off = static_cast<uint32_t>(kv_row * p.k_sn + kv_q * 8);
+  const uint32_t v_off = static_cast<uint32_t>(kv_row * p.v_sn + kv_q * 8);
+  // the K and V tile of mask block j, sub-tile sub into stages kstage / vstage; rows past the tile's keys
+  // are zero-filled (their copies read nothing)
+  auto load_kv = [&](int kstage, int vstage, int j, int sub) {
+    int n_valid;
+    const int t0 = tile_keys(j, sub, &n_valid);
+    const T* krow = kbase + static_cast<int64_t>(t0) * p.k_sn + k_off;
+    const T* vrow = vbase + static_cast<int64_t>(t0) * p.v_sn + v_off;
+    const bool row_ok = kv_row < n_valid;
 #pragma unroll
     for (int i = 0; i < kCPT; ++i) {
       const bool p0 = kTPR * i < 8;  // compile-time after unrolling
       if (p0 || kv_in[i]) {
-        const bool ok = tok >= 0 && kv_in[i];
+        const bool ok = row_ok && kv_in[i];
         // other stages and V: the same chunk one or more whole tiles further (Operands::kv_chunk)
         const int tile_bytes = p0 ? S::kKV0Bytes : S::kKV1Bytes;
         const uint32_t kdst = base + kv_off[i] + kstage * tile_bytes;
         const uint32_t vdst = base + kv_off[i] + (kKStages + vstage) * tile_bytes;
-        cp_async16(kdst, ok ? krow + kTPR * 8 * i : kbase, ok);
-        cp_async16(vdst, ok ? vrow + kTPR * 8 * i : vbase, ok);
+        cp_async16(kdst, krow + kTPR * 8 * i, ok);
+        cp_async16(vdst, vrow + kTPR * 8 * i, ok);
       }
     }
   };
 
   // ---------------------------------------------------------------- prologue
-  int j_cur = 0, j_next = 0;
-  int sub_cur = 0;                                // t % sub_n
-  int blk2 = 2 / sub_n, sub2 = 2 - blk2 * sub_n;  // (t + 2) / sub_n, (t + 2) % sub_n
-  if (n_steps > 0) j_cur = block_at(0);
-  if (n_steps > 1) j_next = block_at(1 / sub_n);
-  if (n_steps > 0) fill_tokens(j_cur, 0, 0);
-  if (n_steps > 1) fill_tokens(j_next, 1 % sub_n, 1);
-  __syncthreads();  // sQTok and the first two token tables
+  int j_cur, j_next;      // mask blocks of steps t and t + 1
+  int sub_cur, sub_next;  // t % sub_n, (t + 1) % sub_n
+  int blk2, sub2;         // (t + 2) / sub_n, (t + 2) % sub_n
+  // key-step counters at step 0 (a second pass starts here again)
+  auto start_keys = [&]() {
+    j_cur = j_next = 0;
+    sub_cur = 0;
+    sub_next = 1 % sub_n;
+    blk2 = 2 / sub_n;
+    sub2 = 2 - blk2 * sub_n;
+    if (n_steps > 0) j_cur = block_at(0);
+    if (n_steps > 1) j_next = block_at(1 / sub_n);
+  };
+  // the key counters one step on; j2: the mask block of step t + 2 (prefetched during step t)
+  auto advance_keys = [&](int j2) {
+    j_cur = j_next;
+    sub_cur = sub_next;
+    j_next = j2;
+    sub_next = sub2;
+    if (++sub2 == sub_n) {
+      sub2 = 0;
+      ++blk2;
+    }
+  };
+  start_keys();
+  // the ones tile of P x ones (read by wgmma after step 0's proxy fence and barrier)
+  if (tid < S::kOnesBytes / 4) {
+    reinterpret_cast<uint32_t*>(smem + S::kOnes)[tid] = static_cast<uint32_t>(Num<T>::one_bits) * 0x10001u;
+  }
+  __syncthreads();  // sQTok
 
   gather_q<T, kBlockM, kThreads, kChunks>(
       p, site, sQTok, [&](int row, int ch) { return Op::q_chunk(base, row, ch); });
-  if (n_steps > 0) load_kv(0, 0, 0);
+  if (n_steps > 0) load_kv(0, 0, j_cur, sub_cur);
   cp_async_commit();
 
   // this thread's query tokens
@@ -307,17 +371,35 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     qtok[mt][0] = sQTok[row_a[mt]];
     qtok[mt][1] = sQTok[row_a[mt] + 8];
   }
-  // run-64 width terms: this thread's 2 rows x 32 columns of each block as packed pairs, kept in shared
-  // memory past the token tables (registers are what the pipelined products need): uint4 q of block mt,
-  // sW[(4 mt + q) kThreads + tid], holds rel_w[row hf = q / 2, 8 nt + 2 tq (+1)] for nt = 4 (q % 2) ... + 3
-  // (consecutive threads, consecutive 16 bytes: no bank conflicts). Each thread reads only its own entries.
-  uint4* sW = reinterpret_cast<uint4*>(smem + S::kInts + S::kIntCount * 4);
+  // run-64 width terms: this thread's 2 rows x 32 columns of each block, kept in shared memory past the
+  // ones tile (registers are what the pipelined products need), as float32 (kWF) or as packed pairs of
+  // q's type (m64w4 at d = 80, whose three CTAs per SM have no room for float32). Float32: float4 q of
+  // block mt, sWf[(8 mt + q) kThreads + tid], holds rel_w[row hf = q / 4, 8 nt + 2 tq (+1)] for nt =
+  // 2 (q % 4) and + 1; pairs: uint4 q, sW[(4 mt + q) kThreads + tid], holds rel_w[row hf = q / 2,
+  // 8 nt + 2 tq (+1)] for nt = 4 (q % 2) ... + 3. Consecutive threads read consecutive 16 bytes (no bank
+  // conflicts); each thread reads only its own entries.
+  uint4* sW = reinterpret_cast<uint4*>(smem + S::kW);
+  float4* sWf = reinterpret_cast<float4*>(smem + S::kW);
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
     rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
     const uint16_t* rw = reinterpret_cast<const uint16_t*>(p.rel_w) + b * p.rw_sb + h * p.rw_sh;
+    auto width_term = [&](int mt, int hf, int col) -> uint16_t {
+      if (qtok[mt][hf] < 0) return 0;
+      return __ldg(rw + static_cast<int64_t>(qtok[mt][hf]) * p.rw_sq + static_cast<int64_t>(col) * p.rw_sc);
+    };
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
+      if constexpr (kWF) {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const int hf = q >> 2, c0 = 16 * (q & 3) + 2 * tq;
+          sWf[(8 * mt + q) * kThreads + tid] =
+              make_float4(Num<T>::to_float(width_term(mt, hf, c0)), Num<T>::to_float(width_term(mt, hf, c0 + 1)),
+                          Num<T>::to_float(width_term(mt, hf, c0 + 8)), Num<T>::to_float(width_term(mt, hf, c0 + 9)));
+        }
+        continue;
+      }
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const int hf = q >> 1;
@@ -325,13 +407,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int nt = 4 * (q & 1) + i;
-          uint32_t lo = 0, hi = 0;
-          if (qtok[mt][hf] >= 0) {
-            const uint16_t* src =
-                rw + static_cast<int64_t>(qtok[mt][hf]) * p.rw_sq + static_cast<int64_t>(nt * 8 + 2 * tq) * p.rw_sc;
-            lo = __ldg(src);
-            hi = __ldg(src + p.rw_sc);
-          }
+          const uint32_t lo = width_term(mt, hf, nt * 8 + 2 * tq), hi = width_term(mt, hf, nt * 8 + 2 * tq + 1);
           w[i] = lo | (hi << 16);
         }
         sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
@@ -344,19 +420,25 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 
   float acc0[kMT][DT0 * 4];
   float acc1[kMT][kP1 ? 8 : 1];
+  float accl[kMT][4];  // fixed-offset softmax: P x ones, the row sums of P from the tensor cores
   float row_m[kMT][2], row_l[kMT][2];
   float s[kMT][NT * 4];  // S of the current tile (wgmma accumulator layout), then P
+  auto clear_state = [&]() {
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int i = 0; i < DT0 * 4; ++i) acc0[mt][i] = 0.f;
+      for (int i = 0; i < DT0 * 4; ++i) acc0[mt][i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[mt][i] = 0.f;
+      for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[mt][i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < NT * 4; ++i) s[mt][i] = 0.f;
-    row_m[mt][0] = row_m[mt][1] = -INFINITY;
-    row_l[mt][0] = row_l[mt][1] = 0.f;
-  }
+      for (int i = 0; i < 4; ++i) accl[mt][i] = 0.f;
+#pragma unroll
+      for (int i = 0; i < NT * 4; ++i) s[mt][i] = 0.f;
+      row_m[mt][0] = row_m[mt][1] = -INFINITY;
+      row_l[mt][0] = row_l[mt][1] = 0.f;
+    }
+  };
+  clear_state();
 
   // ---------------------------------------------------------------- pieces of a key step
   // height term of key tile t0's key-grid row for this thread's rows (run-64 only; loaded before the product)
@@ -384,12 +466,15 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     }
     wg_commit();
   };
-  // O += P V of block mt against V stage vst, P packed as the register A operand (16 keys per k-step)
-  auto issue_pv = [&](int mt, const uint32_t (&a)[4][4], int vst) {
+  // O += P V of block mt against V stage vst, P packed as the register A operand (16 keys per k-step);
+  // kSums: also the row sums of P, accl += P x ones
+  auto issue_pv = [&](auto sums_tag, int mt, const uint32_t (&a)[4][4], int vst) {
+    constexpr bool kSums = decltype(sums_tag)::value;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       Wg<T>::rs_n64(acc0[mt], a[kk], Op::v_desc(base, vst, 0, kk));
       if constexpr (kP1) Wg<T>::rs_n16(acc1[mt], a[kk], Op::v_desc(base, vst, 1, kk));
+      if constexpr (kSums) Wg<T>::rs_n8(accl[mt], a[kk], Op::ones_desc(base));
     }
     wg_commit();
   };
@@ -397,7 +482,18 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   // instantiation, so full tiles pay no per-logit column test)
   auto bias_and_mask = [&](auto full_tag, int mt, int n_valid) {
     constexpr bool kFull = decltype(full_tag)::value;
-    if constexpr (kBias == kBiasRun64) {
+    if constexpr (kBias == kBiasRun64 && kWF) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const float4 w4 = sWf[(8 * mt + q) * kThreads + tid];
+        const int hf = q >> 2, nt = 2 * (q & 3);
+        float* x = &s[mt][nt * 4 + 2 * hf];
+        x[0] = fmaf(x[0], scale, w4.x);
+        x[1] = fmaf(x[1], scale, w4.y);
+        x[4] = fmaf(x[4], scale, w4.z);
+        x[5] = fmaf(x[5], scale, w4.w);
+      }
+    } else if constexpr (kBias == kBiasRun64) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const uint4 w4 = sW[(4 * mt + q) * kThreads + tid];
@@ -452,6 +548,35 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       row_l[mt][hf] = row_l[mt][hf] * alpha[hf] + rs;
     }
   };
+  // fixed-offset softmax (base 2) of block mt: every step subtracts the offset of step 0 (kFirst: its row
+  // max, computed here and kept in row_m) instead of a running max, so a logit costs one FMA and an exp2
+  // and the output is never rescaled; the row sums come from the tensor cores (P x ones, issue_pv). Exact
+  // while every row's sum stays below 2^64 (checked after the loop; a second pass with the running max
+  // serves the CTAs whose rows do not).
+  auto softmax_fixed = [&](auto first_tag, int mt, const float (&hvm)[2]) {
+    constexpr bool kFirst = decltype(first_tag)::value;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      if constexpr (kFirst) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_tile = mx + hvm[hf];
+        row_m[mt][hf] = m_tile == -INFINITY ? 0.f : m_tile;  // a row without keys in step 0 takes offset 0
+      }
+      const float off = (hvm[hf] - row_m[mt][hf]) * mult;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          float& x = s[mt][nt * 4 + 2 * hf + e1];
+          x = ex2(fmaf(x, mult, off));
+        }
+      }
+    }
+  };
   // P of block mt (in s) packed as the register A operand of O += P V (16 keys per k-step)
   auto pack_p = [&](int mt, uint32_t (&a)[4][4]) {
 #pragma unroll
@@ -486,84 +611,95 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   auto fence_out = [&](int mt) {
     fence_regs(acc0[mt]);
     if constexpr (kP1) fence_regs(acc1[mt]);
+    fence_regs(accl[mt]);
   };
-  // tile geometry of the current step (uniform): first key token and valid keys (sequence layout);
-  // run-64 calls have whole key-grid rows in every tile (runs_fit: 64 | nk, 64 | bk)
-  auto tile_keys = [&](int j, int sub, int* n_valid) {
-    const int t0 = j * bk + sub * kBlockN;
-    *n_valid = kBias == kBiasRun64 ? kBlockN : min(kBlockN, min(bk - sub * kBlockN, nk - t0));
-    return t0;
-  };
-
   // ---------------------------------------------------------------- main loop
-  int slot = 0;
   if constexpr (kMT == 1) {
     // One 64-row block per warpgroup: step t issues S_t = Q K_t^T and then O += P_{t-1} V_{t-1}, and runs
     // the softmax of S_t while the second product is in flight (its output factor is applied after it).
     // K_{t+1} and V_{t+1} are loaded during step t into the stages steps t - 1 and t - 2 used: K has two
     // stages, V three. One barrier per step.
     uint32_t a_prev[4][4];
-    int vst = 0;  // t % kVStages
-    // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
-    // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
-    auto step = [&](auto first_tag, int t) {
-      constexpr bool kFirst = decltype(first_tag)::value;
-      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
-      const int vst_next = vst == kVStages - 1 ? 0 : vst + 1;
-      const int slot1 = slot == 2 ? 0 : slot + 1;
-      const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
-      int n_valid;
-      const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
-      float hv[kMT][2];
-      height_terms(t0, hv);
-      cp_async_wait<0>();
-      fence_async_smem();
-      __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
-      fence_regs(s[0]);
-      fence_out(0);
-      wg_fence();
-      issue_qk(0, t & 1);
-      if constexpr (!kFirst) issue_pv(0, a_prev, vst_prev);
-      // the next tile's copies are issued while the products run
-      if (t + 1 < n_steps) load_kv((t + 1) & 1, vst_next, slot1);
-      cp_async_commit();
-      const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
-      if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);  // read at step t + 1, after its barrier
-      wg_wait<kFirst ? 0 : 1>();
-      fence_regs(s[0]);
-      if (n_valid == kBlockN) {
-        bias_and_mask(std::true_type{}, 0, n_valid);
-      } else {
-        bias_and_mask(std::false_type{}, 0, n_valid);
-      }
-      float alpha[2];
-      softmax(0, hv[0], alpha);
-      if constexpr (!kFirst) {
+    // one pass over the key tiles; kFixed: the fixed-offset softmax, else the running max
+    auto attend = [&](auto fixed_tag) {
+      constexpr bool kFixed = decltype(fixed_tag)::value;
+      int vst = 0;  // t % kVStages
+      // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
+      // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
+      auto step = [&](auto first_tag, int t) {
+        constexpr bool kFirst = decltype(first_tag)::value;
+        const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+        const int vst_next = vst == kVStages - 1 ? 0 : vst + 1;
+        int n_valid;
+        const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
+        float hv[kMT][2];
+        height_terms(t0, hv);
+        cp_async_wait<0>();
+        fence_async_smem();
+        __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
+        fence_regs(s[0]);
+        fence_out(0);
+        wg_fence();
+        issue_qk(0, t & 1);
+        if constexpr (!kFirst) issue_pv(fixed_tag, 0, a_prev, vst_prev);
+        // the next tile's copies are issued while the products run
+        if (t + 1 < n_steps) load_kv((t + 1) & 1, vst_next, j_next, sub_next);
+        cp_async_commit();
+        const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;  // used by step t + 1's copies
+        wg_wait<kFirst ? 0 : 1>();
+        fence_regs(s[0]);
+        if (n_valid == kBlockN) {
+          bias_and_mask(std::true_type{}, 0, n_valid);
+        } else {
+          bias_and_mask(std::false_type{}, 0, n_valid);
+        }
+        if constexpr (kFixed) {
+          softmax_fixed(first_tag, 0, hv[0]);
+          if constexpr (!kFirst) {
+            wg_wait<0>();
+            fence_out(0);
+          }
+        } else {
+          float alpha[2];
+          softmax(0, hv[0], alpha);
+          if constexpr (!kFirst) {
+            wg_wait<0>();
+            fence_out(0);
+          }
+          rescale(0, alpha);
+        }
+        pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
+
+        vst = vst_next;
+        advance_keys(j_next2);
+      };
+      if (n_steps > 0) step(std::true_type{}, 0);
+      for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
+      if (n_steps > 0) {  // the last tile's P V
+        const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+        fence_out(0);
+        wg_fence();
+        issue_pv(fixed_tag, 0, a_prev, vst_prev);
         wg_wait<0>();
         fence_out(0);
       }
-      rescale(0, alpha);
-      pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
-
-      j_cur = j_next;
-      j_next = j_next2;
-      slot = slot1;
-      vst = vst_next;
-      sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
-      if (++sub2 == sub_n) {
-        sub2 = 0;
-        ++blk2;
-      }
     };
-    if (n_steps > 0) step(std::true_type{}, 0);
-    for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
-    if (n_steps > 0) {  // the last tile's P V
-      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
-      fence_out(0);
-      wg_fence();
-      issue_pv(0, a_prev, vst_prev);
-      wg_wait<0>();
-      fence_out(0);
+    if constexpr (kFixed) {
+      attend(std::true_type{});
+      // accl holds each row's sum of P in all four threads of the row (finish_row adds the four: a
+      // quarter each, exact). A row whose sum reached 2^64 (a logit ~44 nats above step 0's maximum)
+      // may have overflowed: the CTA leaves its tile to the second launch (running max).
+      bool redo = p.softmax_mode == kSoftmaxFixedRedo;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        row_l[0][hf] = accl[0][2 * hf] * 0.25f;
+        if (qtok[0][hf] >= 0 && !(accl[0][2 * hf] < 0x1p64f)) redo = true;
+      }
+      redo = __syncthreads_or(redo);
+      if (tid == 0) p.redo_flags[blockIdx.x] = redo ? 1 : 0;
+      if (redo) return;
+    } else {
+      attend(std::false_type{});
     }
   } else {
     // Two 64-row blocks per warpgroup, one wgmma group per block, pipelined inside the step: block 1's
@@ -571,9 +707,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     // complete in issue order). Two barriers per step (K and V share their stage index).
     for (int t = 0; t < n_steps; ++t) {
       const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
-      const int slot1 = slot == 2 ? 0 : slot + 1;
-      const int slot2 = slot1 == 2 ? 0 : slot1 + 1;
-      if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, slot1);
+      if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, j_next, sub_next);
       cp_async_commit();
       int n_valid;
       const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
@@ -611,22 +745,14 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
         rescale(mt, alpha);
         fence_out(mt);
         wg_fence();
-        issue_pv(mt, a, t & 1);
+        issue_pv(std::false_type{}, mt, a, t & 1);
       }
       wg_wait<0>();
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) fence_out(mt);
 
-      if (t + 2 < n_steps) fill_tokens(j_next2, sub2, slot2);
-      __syncthreads();  // stage t & 1 and table `slot` are free again
-      j_cur = j_next;
-      j_next = j_next2;
-      slot = slot1;
-      sub_cur = sub_cur + 1 == sub_n ? 0 : sub_cur + 1;
-      if (++sub2 == sub_n) {
-        sub2 = 0;
-        ++blk2;
-      }
+      __syncthreads();  // stage t & 1 is free again
+      advance_keys(j_next2);
     }
   }
 
@@ -680,17 +806,33 @@ inline bool device_is_sm90() {
 template <typename T, int D, int kBias, int kWG, int kMT>
 const char* launch(FwdParams& p, cudaStream_t stream) {
   constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
-  auto kernel = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT>;
-  // + the run-64 width terms (4 uint4 per thread and 64-row block, see the kernel)
-  const int smem = Smem<D, kBlockM>::kBytes + (kBias == kBiasRun64 ? Rows<kWG, kMT>::kThreads * kMT * 64 : 0);
+  // + the run-64 width terms (see the kernel)
+  const int smem = Smem<D, kBlockM>::kBytes +
+                   (kBias == kBiasRun64 ? Rows<kWG, kMT>::kThreads * WidthTerms<D, kWG, kMT>::kBytesPerThread : 0);
   tile_queries(p, kBlockM);  // run_fwd_hd tiled for the mma.sync kernel's rows
   p.smem_bytes = smem;
   p.bias_mode = kBias;
   p.block_m = kBlockM;
   p.block_n = kBlockN;
   p.variant = kVariantSm90;
-  static int configured[64] = {0};
-  return launch_ctas(kernel, p, Rows<kWG, kMT>::kThreads, smem, configured, stream);
+  static int configured_running[64] = {0};
+  auto running = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, false>;
+  if constexpr (kMT == 1) {
+    const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
+    if (p.softmax_mode != kSoftmaxRunning && p.redo_flags != nullptr && ctas <= p.redo_capacity) {
+      // the fixed-offset pass, then the running max for the CTAs it flagged (the others return at once)
+      static int configured_fixed[64] = {0};
+      p.softmax_ran = p.softmax_mode;
+      const char* err = launch_ctas(attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, true>, p, Rows<kWG, kMT>::kThreads,
+                                    smem, configured_fixed, stream);
+      if (err != nullptr) return err;
+      return launch_ctas(running, p, Rows<kWG, kMT>::kThreads, smem, configured_running, stream);
+    }
+  }
+  FwdParams q = p;
+  q.redo_flags = nullptr;  // every CTA
+  p.softmax_ran = kSoftmaxRunning;
+  return launch_ctas(running, q, Rows<kWG, kMT>::kThreads, smem, configured_running, stream);
 }
 
 }  // namespace sm90
@@ -715,6 +857,8 @@ const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
   if constexpr (D == 64 || D == 80) {
     static_assert(Cfg<D>::kBlockN == sm90::kBlockN, "the Hopper kernel shares the launcher's 64-key tiles");
     if (p.layout != 0 || !sm90::device_is_sm90()) return nullptr;
+    // the copies address a tile's rows with 32-bit offsets from its first token (64 token strides)
+    if (p.k_sn >= (int64_t{1} << 25) || p.v_sn >= (int64_t{1} << 25)) return nullptr;
     const bool dense = p.kv_num == nullptr;
     const bool run64 = p.rel_h != nullptr && runs_fit(p, 64, sm90::kBlockN, dense);
     if (p.rel_h != nullptr && !run64) return nullptr;
