@@ -43,10 +43,11 @@ template <int kWG, int kMT> struct Rows {
   static constexpr int kMinBlocks = (kWG == 1 && kMT == 1) ? 3 : 2;
 };
 
-// Where the run-64 width terms live: float32 (kFloat) or packed pairs of q's type (m64w4 at d = 80: three
-// CTAs per SM leave no room for float32); shared-memory bytes per thread, added to Smem::kBytes at launch.
+// Where the run-64 width terms live: float32 (kFloat: d = 64) or packed pairs of q's type (d = 80, measured
+// on the H200: pairs 1.763 against float32 1.832 ms at vit_h B = 8, whose larger tiles make shared memory
+// the limit; at d = 64 float32 1.141 against 1.203 ms); bytes per thread, added to Smem::kBytes at launch.
 template <int D, int kWG, int kMT> struct WidthTerms {
-  static constexpr bool kFloat = !(kWG == 1 && kMT == 1 && D == 80);
+  static constexpr bool kFloat = D == 64;
   static constexpr int kBytesPerThread = kMT * (kFloat ? 128 : 64);
 };
 
