@@ -522,31 +522,38 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   };
   // online softmax (base 2) of block mt; the height term enters through the row max. S becomes P,
   // alpha the factor the output must be scaled by before this tile's P V.
+  // the maximum of row half hf of block mt's tile (the four threads of a row agree)
+  auto tile_row_max = [&](int mt, int hf) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  };
+  // S -> P = 2^(S mult + off) on row half hf of block mt; returns this thread's part of the row sum
+  auto exp_row = [&](int mt, int hf, float off) {
+    float rs = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        float& x = s[mt][nt * 4 + 2 * hf + e1];
+        x = ex2(fmaf(x, mult, off));
+        rs += x;
+      }
+    }
+    return rs;
+  };
   auto softmax = [&](int mt, const float (&hvm)[2], float (&alpha)[2]) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_tile = mx + hvm[hf];  // -inf stays -inf
+      const float m_tile = tile_row_max(mt, hf) + hvm[hf];  // -inf stays -inf
       const float m_new = fmaxf(row_m[mt][hf], m_tile);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       const float off = (hvm[hf] - m_use) * mult;
       alpha[hf] = ex2((row_m[mt][hf] - m_use) * mult);
       row_m[mt][hf] = m_new;
-      float rs = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (int e1 = 0; e1 < 2; ++e1) {
-          float& x = s[mt][nt * 4 + 2 * hf + e1];
-          x = ex2(fmaf(x, mult, off));
-          rs += x;
-        }
-      }
-      row_l[mt][hf] = row_l[mt][hf] * alpha[hf] + rs;
+      row_l[mt][hf] = row_l[mt][hf] * alpha[hf] + exp_row(mt, hf, off);
     }
   };
   // fixed-offset softmax (base 2) of block mt: every step subtracts the offset of step 0 (kFirst: its row
@@ -559,23 +566,10 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       if constexpr (kFirst) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt * 4 + 2 * hf], s[mt][nt * 4 + 2 * hf + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_tile = mx + hvm[hf];
+        const float m_tile = tile_row_max(mt, hf) + hvm[hf];
         row_m[mt][hf] = m_tile == -INFINITY ? 0.f : m_tile;  // a row without keys in step 0 takes offset 0
       }
-      const float off = (hvm[hf] - row_m[mt][hf]) * mult;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (int e1 = 0; e1 < 2; ++e1) {
-          float& x = s[mt][nt * 4 + 2 * hf + e1];
-          x = ex2(fmaf(x, mult, off));
-        }
-      }
+      exp_row(mt, hf, (hvm[hf] - row_m[mt][hf]) * mult);  // (the sums come from the tensor cores)
     }
   };
   // P of block mt (in s) packed as the register A operand of O += P V (16 keys per k-step)
