@@ -930,6 +930,7 @@ def test_gpu_tables_take_the_triton_terms_kernel(d):
     rp = RelPos.from_tables((0.3 * torch.randn(2 * grid[0] - 1, d, device="cuda", generator=g)).bfloat16(),
                             (0.3 * torch.randn(2 * grid[1] - 1, d, device="cuda", generator=g)).bfloat16(), grid)
     rel_h, rel_w = ops.rel_terms(rp, q)
+    assert rel_h.stride(-1) == 1  # stored by query: a row's height terms share cache lines across key steps
     ref_h, ref_w = RelPos(rp.q_grid, rp.k_grid, rp.rh, rp.rw).terms(q)
     assert float((rel_h.float() - ref_h.float()).abs().max()) <= 0.02 * float(ref_h.float().abs().max())
     assert float((rel_w.float() - ref_w.float()).abs().max()) <= 0.02 * float(ref_w.float().abs().max())

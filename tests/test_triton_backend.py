@@ -324,8 +324,11 @@ def _terms_configs_check(device: str = "cpu") -> dict:
     ref_h, ref_w = RelPos.from_tables(tab_h.float(), tab_w.float(), grid).terms(q.float())
     problems, worst = [], 0.0
     base = None
-    for cfg in ((4, 1), (8, 2), (2, 3)):
-        rel_h, rel_w = ops.relpos_terms(q, rp.rh, rp.rw, grid, grid, config=cfg)
+    # the last config also with rel_h stored by query (the CUDA backend's layout): same values
+    for cfg, by_query in (((4, 1), False), ((8, 2), False), ((2, 3), False), ((2, 3), True)):
+        rel_h, rel_w = ops.relpos_terms(q, rp.rh, rp.rw, grid, grid, config=cfg, rel_h_by_query=by_query)
+        if by_query and rel_h.stride(-1) != 1:
+            problems.append(f"rel_h_by_query: rel_h strides {rel_h.stride()}, not row-major")
         got = (rel_h.float().cpu(), rel_w.float().cpu())
         for name, t, ref in (("rel_h", got[0], ref_h), ("rel_w", got[1], ref_w)):
             err = float((t - ref.float().cpu()).abs().max() / ref.abs().max())

@@ -287,7 +287,9 @@ def rel_terms(rel_pos, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         terms_kernel = _triton_terms_kernel()
         if terms_kernel is not None:
             rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)  # (no copy when already there)
-            return terms_kernel(q, rh, rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid))
+            # rel_h stored by query: the kernel reads one height term per row and key step, and a row's 64
+            # terms then share one cache line across the steps
+            return terms_kernel(q, rh, rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid), rel_h_by_query=True)
     return rel_pos.terms(q)
 
 

@@ -169,19 +169,24 @@ def _device_ctx(t: torch.Tensor):
 # ---------------------------------------------------------------------------- rel-pos terms
 def relpos_terms(
     q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, q_grid: tuple[int, int], k_grid: tuple[int, int],
-    config: tuple[int, int] | None = None,
+    config: tuple[int, int] | None = None, rel_h_by_query: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's rel-pos terms from q [B, H, Nq, D] (unscaled) and tables Rh [gh_q, gh_k, D], Rw [gw_q, gw_k, D].
 
     Returns rel_h [B, H, Nq, gh_k] (stored query-major: each key row's column is
-    contiguous, which the key-row loop reads) and rel_w [B, H, Nq, gw_k], in q's
-    dtype (the tables are cast to q's dtype, as SAM's einsum does), accumulated in fp32.
-    ``config``: (warps, stages) or (warps, stages, maxnreg) instead of :data:`TERMS_CONFIG` (for measuring).
+    contiguous, which the key-row loop reads; ``rel_h_by_query``: row-major instead, each
+    query's terms contiguous, as the CUDA backend's kernel reads them) and rel_w [B, H, Nq,
+    gw_k], in q's dtype (the tables are cast to q's dtype, as SAM's einsum does), accumulated
+    in fp32. ``config``: (warps, stages) or (warps, stages, maxnreg) instead of
+    :data:`TERMS_CONFIG` (for measuring).
     """
     b, h, nq, d = q.shape
     ghq, gwq = q_grid
     ghk, gwk = k_grid
-    rel_h = torch.empty(b, h, ghk, nq, dtype=q.dtype, device=q.device).transpose(2, 3)
+    if rel_h_by_query:
+        rel_h = torch.empty(b, h, nq, ghk, dtype=q.dtype, device=q.device)
+    else:
+        rel_h = torch.empty(b, h, ghk, nq, dtype=q.dtype, device=q.device).transpose(2, 3)
     rel_w = torch.empty(b, h, nq, gwk, dtype=q.dtype, device=q.device)
     key = (q.dtype, d, tuple(q_grid), tuple(k_grid), config)
     constexprs = _TERMS_CONSTEXPRS.get(key)
