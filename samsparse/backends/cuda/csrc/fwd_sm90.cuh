@@ -8,17 +8,22 @@
 //     block), m128w8 (two warpgroups) or m128w4 (one warpgroup owning two 64-row blocks, pipelined
 //     inside each step); see Rows and try_sm90;
 //   * Q, K and V tiles live in shared memory in the wgmma "swizzled" layouts, filled with
-//     cp.async (token gather as in fwd_kernel.cuh) at the swizzled chunk positions:
+//     cp.async at the swizzled chunk positions (a key tile of the sequence layout is 64 consecutive
+//     tokens: rows addressed from its first token, rows past the keys zero-filled):
 //     columns 0-63 as rows of 128 bytes (128-byte swizzle: 16-byte chunk c of row r at
 //     chunk c ^ (r % 8)), columns 64-79 (d = 80) as a second panel of 32-byte rows
 //     (32-byte swizzle: chunk c ^ ((r / 4) % 2));
 //   * S = Q K^T: wgmma m64n64k16, both operands from shared memory (K-major);
 //   * O += P V: wgmma m64nNk16 with P from registers (the S accumulator re-packed, the
 //     same fragment layout as mma.sync) and V from shared memory (MN-major, transposed);
-//   * run-64 bias: the width term rel_w[q, col] is the same for every key tile, so each
-//     thread keeps its 32 values in registers (packed pairs); the height term rel_h[q, row]
-//     is one value per row and step, folded into the row max (x = s * scale + rel_w,
-//     m = max(x) + rel_h, p = 2^((x + rel_h - m) * log2 e)): one FMA per logit for the bias.
+//   * softmax: by default the fixed offset (m64w4 / m128w8): step 0's row max is every later step's
+//     offset, the row sums come from P x ones on the tensor cores, and CTAs whose sums reach 2^64 are
+//     recomputed by a second launch with the running max (SoftmaxMode, launch); m128w4 and
+//     SAMSPARSE_CUDA_FIXED_OFFSET=0 run the running max (online softmax with rescale);
+//   * run-64 bias: the width term rel_w[q, col] is the same for every key tile, so each thread's
+//     32 values sit in shared memory for the whole loop (float32 at d = 64, packed pairs at d = 80:
+//     WidthTerms); the height term rel_h[q, row] is one value per row and step, added to the
+//     row's offset (x = s * scale + rel_w, p = 2^((x + rel_h - m) * log2 e)).
 //
 // Accumulator layout of wgmma m64nN (f32): thread t of the warpgroup (warp w = t / 32,
 // lane l) holds, for n8 chunk j, d[4j + e] = C[16 w + l / 4 + 8 (e / 2)][8 j + 2 (l % 4) + e % 2].
@@ -834,9 +839,8 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
 
 // The Hopper kernel for this call, if it serves it: head dim 64 or 80, sequence layout, no bias or
 // run-64 bias. Tile shape (p.wgmma_tile, kWgmma* in fwd_params.h): 64 rows / 4 warps when the mask's
-// query blocks have at most 64 tokens (no idle rows); else 128 rows / 4 warps (fewest instructions per
-// logit offline), except d = 80 with the run-64 bias, which spills there (72 B) and takes 128 rows /
-// 8 warps. Untimed choices: a nonzero p.wgmma_tile forces one for A/B runs.
+// query blocks have at most 64 tokens (no idle rows); else 128 rows / 8 warps, the fastest measured
+// (H200) for every dense call. A nonzero p.wgmma_tile forces one for A/B runs.
 template <typename T, int D, int kBias>
 const char* launch_shape(FwdParams& p, cudaStream_t stream, int tile) {
   switch (tile) {
