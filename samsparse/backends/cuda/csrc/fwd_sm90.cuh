@@ -138,11 +138,11 @@ template <int D, int kBlockM> struct Operands {
     return ks < 4 ? desc_k128(base + S::kK0 + stage * S::kKV0Bytes) + 2 * ks
                   : desc_k32(base + S::kK1 + stage * S::kKV1Bytes);
   }
-  // B operand of O += P V: keys 16 kk ... 16 kk + 15 of the stage's V tile, columns 0-63 (panel 0) or
-  // 64-79 (panel 1); 16 keys are 16 rows: 2048 / 512 bytes, + 128 / + 32 in the field
   // B operand of P x ones (m64n8k16, K-major without swizzle): every element read is 1, so one tile
   // serves every k-step
   static __host__ __device__ uint64_t ones_desc(uint32_t base) { return make_desc(base + S::kOnes, 128, 256, 0); }
+  // B operand of O += P V: keys 16 kk ... 16 kk + 15 of the stage's V tile, columns 0-63 (panel 0) or
+  // 64-79 (panel 1); 16 keys are 16 rows: 2048 / 512 bytes, + 128 / + 32 in the field
   static __host__ __device__ uint64_t v_desc(uint32_t base, int stage, int panel, int kk) {
     return panel == 0 ? desc_mn128(base + S::kK0 + (kKStages + stage) * S::kKV0Bytes) + 128 * kk
                       : desc_mn32(base + S::kK1 + (kKStages + stage) * S::kKV1Bytes) + 32 * kk;
@@ -334,19 +334,10 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   };
 
   // ---------------------------------------------------------------- prologue
-  int j_cur, j_next;      // mask blocks of steps t and t + 1
-  int sub_cur, sub_next;  // t % sub_n, (t + 1) % sub_n
-  int blk2, sub2;         // (t + 2) / sub_n, (t + 2) % sub_n
-  // key-step counters at step 0 (a second pass starts here again)
-  auto start_keys = [&]() {
-    j_cur = j_next = 0;
-    sub_cur = 0;
-    sub_next = 1 % sub_n;
-    blk2 = 2 / sub_n;
-    sub2 = 2 - blk2 * sub_n;
-    if (n_steps > 0) j_cur = block_at(0);
-    if (n_steps > 1) j_next = block_at(1 / sub_n);
-  };
+  int j_cur = n_steps > 0 ? block_at(0) : 0;           // mask block of step t
+  int j_next = n_steps > 1 ? block_at(1 / sub_n) : 0;  // ... of step t + 1
+  int sub_cur = 0, sub_next = 1 % sub_n;               // t % sub_n, (t + 1) % sub_n
+  int blk2 = 2 / sub_n, sub2 = 2 - blk2 * sub_n;       // (t + 2) / sub_n, (t + 2) % sub_n
   // the key counters one step on; j2: the mask block of step t + 2 (prefetched during step t)
   auto advance_keys = [&](int j2) {
     j_cur = j_next;
@@ -358,7 +349,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       ++blk2;
     }
   };
-  start_keys();
   // the ones tile of P x ones (read by wgmma after step 0's proxy fence and barrier)
   if (tid < S::kOnesBytes / 4) {
     reinterpret_cast<uint32_t*>(smem + S::kOnes)[tid] = static_cast<uint32_t>(Num<T>::one_bits) * 0x10001u;
@@ -378,8 +368,8 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     qtok[mt][1] = sQTok[row_a[mt] + 8];
   }
   // run-64 width terms: this thread's 2 rows x 32 columns of each block, kept in shared memory past the
-  // ones tile (registers are what the pipelined products need), as float32 (kWF) or as packed pairs of
-  // q's type (m64w4 at d = 80, whose three CTAs per SM have no room for float32). Float32: float4 q of
+  // ones tile (registers are what the pipelined products need), as float32 (kWF, d = 64) or as packed
+  // pairs of q's type (d = 80; see WidthTerms). Float32: float4 q of
   // block mt, sWf[(8 mt + q) kThreads + tid], holds rel_w[row hf = q / 4, 8 nt + 2 tq (+1)] for nt =
   // 2 (q % 4) and + 1; pairs: uint4 q, sW[(4 mt + q) kThreads + tid], holds rel_w[row hf = q / 2,
   // 8 nt + 2 tq (+1)] for nt = 4 (q % 2) ... + 3. Consecutive threads read consecutive 16 bytes (no bank
@@ -404,19 +394,19 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
               make_float4(Num<T>::to_float(width_term(mt, hf, c0)), Num<T>::to_float(width_term(mt, hf, c0 + 1)),
                           Num<T>::to_float(width_term(mt, hf, c0 + 8)), Num<T>::to_float(width_term(mt, hf, c0 + 9)));
         }
-        continue;
-      }
+      } else {
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int hf = q >> 1;
-        uint32_t w[4];
+        for (int q = 0; q < 4; ++q) {
+          const int hf = q >> 1;
+          uint32_t w[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int nt = 4 * (q & 1) + i;
-          const uint32_t lo = width_term(mt, hf, nt * 8 + 2 * tq), hi = width_term(mt, hf, nt * 8 + 2 * tq + 1);
-          w[i] = lo | (hi << 16);
+          for (int i = 0; i < 4; ++i) {
+            const int nt = 4 * (q & 1) + i;
+            const uint32_t lo = width_term(mt, hf, nt * 8 + 2 * tq), hi = width_term(mt, hf, nt * 8 + 2 * tq + 1);
+            w[i] = lo | (hi << 16);
+          }
+          sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
         }
-        sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
       }
     }
   }
@@ -429,22 +419,19 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   float accl[kMT][4];  // fixed-offset softmax: P x ones, the row sums of P from the tensor cores
   float row_m[kMT][2], row_l[kMT][2];
   float s[kMT][NT * 4];  // S of the current tile (wgmma accumulator layout), then P
-  auto clear_state = [&]() {
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int i = 0; i < DT0 * 4; ++i) acc0[mt][i] = 0.f;
+    for (int i = 0; i < DT0 * 4; ++i) acc0[mt][i] = 0.f;
 #pragma unroll
-      for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[mt][i] = 0.f;
+    for (int i = 0; i < (kP1 ? 8 : 1); ++i) acc1[mt][i] = 0.f;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) accl[mt][i] = 0.f;
+    for (int i = 0; i < 4; ++i) accl[mt][i] = 0.f;
 #pragma unroll
-      for (int i = 0; i < NT * 4; ++i) s[mt][i] = 0.f;
-      row_m[mt][0] = row_m[mt][1] = -INFINITY;
-      row_l[mt][0] = row_l[mt][1] = 0.f;
-    }
-  };
-  clear_state();
+    for (int i = 0; i < NT * 4; ++i) s[mt][i] = 0.f;
+    row_m[mt][0] = row_m[mt][1] = -INFINITY;
+    row_l[mt][0] = row_l[mt][1] = 0.f;
+  }
 
   // ---------------------------------------------------------------- pieces of a key step
   // height term of key tile t0's key-grid row for this thread's rows (run-64 only; loaded before the product)
@@ -525,8 +512,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       }
     }
   };
-  // online softmax (base 2) of block mt; the height term enters through the row max. S becomes P,
-  // alpha the factor the output must be scaled by before this tile's P V.
   // the maximum of row half hf of block mt's tile (the four threads of a row agree)
   auto tile_row_max = [&](int mt, int hf) {
     float mx = -INFINITY;
@@ -549,6 +534,8 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     }
     return rs;
   };
+  // online softmax (base 2) of block mt; the height term enters through the row max. S becomes P,
+  // alpha the factor the output must be scaled by before this tile's P V.
   auto softmax = [&](int mt, const float (&hvm)[2], float (&alpha)[2]) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -611,7 +598,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   auto fence_out = [&](int mt) {
     fence_regs(acc0[mt]);
     if constexpr (kP1) fence_regs(acc1[mt]);
-    fence_regs(accl[mt]);
+    if constexpr (kFixed) fence_regs(accl[mt]);  // written by P x ones in the fixed-offset kernel only
   };
   // ---------------------------------------------------------------- main loop
   if constexpr (kMT == 1) {
@@ -620,72 +607,64 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     // K_{t+1} and V_{t+1} are loaded during step t into the stages steps t - 1 and t - 2 used: K has two
     // stages, V three. One barrier per step.
     uint32_t a_prev[4][4];
-    // one pass over the key tiles; kFixed: the fixed-offset softmax, else the running max
-    auto attend = [&](auto fixed_tag) {
-      constexpr bool kFixed = decltype(fixed_tag)::value;
-      int vst = 0;  // t % kVStages
-      // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
-      // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
-      auto step = [&](auto first_tag, int t) {
-        constexpr bool kFirst = decltype(first_tag)::value;
-        const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
-        const int vst_next = vst == kVStages - 1 ? 0 : vst + 1;
-        int n_valid;
-        const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
-        float hv[kMT][2];
-        height_terms(t0, hv);
-        cp_async_wait<0>();
-        fence_async_smem();
-        __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
-        fence_regs(s[0]);
-        fence_out(0);
-        wg_fence();
-        issue_qk(0, t & 1);
-        if constexpr (!kFirst) issue_pv(fixed_tag, 0, a_prev, vst_prev);
-        // the next tile's copies are issued while the products run
-        if (t + 1 < n_steps) load_kv((t + 1) & 1, vst_next, j_next, sub_next);
-        cp_async_commit();
-        const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;  // used by step t + 1's copies
-        wg_wait<kFirst ? 0 : 1>();
-        fence_regs(s[0]);
-        if (n_valid == kBlockN) {
-          bias_and_mask(std::true_type{}, 0, n_valid);
-        } else {
-          bias_and_mask(std::false_type{}, 0, n_valid);
-        }
-        if constexpr (kFixed) {
-          softmax_fixed(first_tag, 0, hv[0]);
-          if constexpr (!kFirst) {
-            wg_wait<0>();
-            fence_out(0);
-          }
-        } else {
-          float alpha[2];
-          softmax(0, hv[0], alpha);
-          if constexpr (!kFirst) {
-            wg_wait<0>();
-            fence_out(0);
-          }
-          rescale(0, alpha);
-        }
-        pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
-
-        vst = vst_next;
-        advance_keys(j_next2);
-      };
-      if (n_steps > 0) step(std::true_type{}, 0);
-      for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
-      if (n_steps > 0) {  // the last tile's P V
-        const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
-        fence_out(0);
-        wg_fence();
-        issue_pv(fixed_tag, 0, a_prev, vst_prev);
+    using FixedTag = std::bool_constant<kFixed>;  // issue_pv adds P x ones in the fixed-offset kernel
+    int vst = 0;                                  // t % kVStages
+    // one step; the first (kFirst) has no P V to overlap. Separate instantiations keep the wgmma
+    // pipeline free of branches (ptxas serializes the products of a stage it cannot follow, C7514).
+    auto step = [&](auto first_tag, int t) {
+      constexpr bool kFirst = decltype(first_tag)::value;
+      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+      const int vst_next = vst == kVStages - 1 ? 0 : vst + 1;
+      int n_valid;
+      const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
+      float hv[kMT][2];
+      height_terms(t0, hv);
+      cp_async_wait<0>();
+      fence_async_smem();
+      __syncthreads();  // tile t (and Q) in shared memory; every warp is done with step t - 1
+      fence_regs(s[0]);
+      fence_out(0);
+      wg_fence();
+      issue_qk(0, t & 1);
+      if constexpr (!kFirst) issue_pv(FixedTag{}, 0, a_prev, vst_prev);
+      // the next tile's copies are issued while the products run
+      if (t + 1 < n_steps) load_kv((t + 1) & 1, vst_next, j_next, sub_next);
+      cp_async_commit();
+      const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;  // used by step t + 1's copies
+      wg_wait<kFirst ? 0 : 1>();
+      fence_regs(s[0]);
+      if (n_valid == kBlockN) {
+        bias_and_mask(std::true_type{}, 0, n_valid);
+      } else {
+        bias_and_mask(std::false_type{}, 0, n_valid);
+      }
+      float alpha[2];  // (running max only)
+      if constexpr (kFixed) {
+        softmax_fixed(first_tag, 0, hv[0]);
+      } else {
+        softmax(0, hv[0], alpha);
+      }
+      if constexpr (!kFirst) {
         wg_wait<0>();
         fence_out(0);
       }
+      if constexpr (!kFixed) rescale(0, alpha);
+      pack_p(0, a_prev);  // a_prev is free once the P V that read it is done
+
+      vst = vst_next;
+      advance_keys(j_next2);
     };
+    if (n_steps > 0) step(std::true_type{}, 0);
+    for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
+    if (n_steps > 0) {  // the last tile's P V
+      const int vst_prev = vst == 0 ? kVStages - 1 : vst - 1;
+      fence_out(0);
+      wg_fence();
+      issue_pv(FixedTag{}, 0, a_prev, vst_prev);
+      wg_wait<0>();
+      fence_out(0);
+    }
     if constexpr (kFixed) {
-      attend(std::true_type{});
       // accl holds each row's sum of P in all four threads of the row (finish_row adds the four: a
       // quarter each, exact). A row whose sum reached 2^64 (a logit ~44 nats above step 0's maximum)
       // may have overflowed: the CTA leaves its tile to the second launch (running max).
@@ -698,8 +677,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       redo = __syncthreads_or(redo);
       if (tid == 0) p.redo_flags[blockIdx.x] = redo ? 1 : 0;
       if (redo) return;
-    } else {
-      attend(std::false_type{});
     }
   } else {
     // Two 64-row blocks per warpgroup, one wgmma group per block, pipelined inside the step: block 1's
