@@ -249,23 +249,16 @@ def stage_bench() -> int:
 
         out_k = torch.empty(b, n, h, d, device="cuda", dtype=q.dtype).transpose(1, 2)
         lse_k = torch.empty(b, h, n, device="cuda", dtype=torch.float32)
-        geom = [0] * 13
+        def raw_call(geom):  # the kernel alone (no Python wrapper, no allocation), with geom's kernel fields
+            def run():
+                torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
+                return out_k
 
-        def cuda_raw():  # the kernel alone (no Python wrapper, no allocation)
-            torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
-            return out_k
+            return run
 
-        geom_wg = [0] * 13 + [1]  # the fixed-offset softmax (the extension's default)
-        geom_wg_running = [0] * 13 + [1, 0, 0]
-
-        def cuda_raw_wgmma():
-            torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom_wg)
-            return out_k
-
-        def cuda_raw_wgmma_running():
-            torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5,
-                                         geom_wg_running)
-            return out_k
+        cuda_raw = raw_call([0] * 13)  # the extension's defaults: mma.sync
+        cuda_raw_wgmma = raw_call([0] * 13 + [1])  # wgmma, the fixed-offset softmax (the extension's default)
+        cuda_raw_wgmma_running = raw_call([0] * 13 + [1, 0, 0])  # wgmma, the running max
 
         blocks64 = torch.rand(1, h, n // 64, n // 64, generator=torch.Generator().manual_seed(3)) < 0.25
         blocks64 |= torch.eye(n // 64, dtype=torch.bool)
