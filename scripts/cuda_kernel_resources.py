@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = new[name]
                     line = f"{arch:<5} {short_name(name):<38} {r['regs']:>5} {r['spill']:>5} {r['loop'] or '-':>5} {r['sass'] or '-':>6}"
                     if old_src:
-                        o = old.get(name)
+                        # a kernel that gained a trailing false template argument is the same kernel
+                        o = old.get(name) or old.get(name.replace("Lb0EEEvNS", "EEvNS", 1))
                         line += ("   | (new kernel)" if o is None else
                                  f"   | {o['regs']:>5} {o['spill']:>5} {o['loop'] or '-':>4} {o['sass'] or '-':>5}")
                     print(line)

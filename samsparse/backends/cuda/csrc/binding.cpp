@@ -24,6 +24,7 @@ thread_local int64_t g_last_bias_mode = -1;
 thread_local int64_t g_last_smem = -1;
 thread_local int64_t g_last_variant = -1;
 thread_local int64_t g_last_softmax = -1;
+thread_local int64_t g_last_width_mma = 0;
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
@@ -136,6 +137,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   TORCH_CHECK(p.softmax_mode >= kSoftmaxRunning && p.softmax_mode <= kSoftmaxFixedRedo,
               "samsparse_cuda::fwd: softmax mode must be 0 to ", static_cast<int>(kSoftmaxFixedRedo), ", got ",
               p.softmax_mode);
+  p.width_mma = geom.size() > 16 ? to_int(geom[16], "width mma") : 1;
 
   TORCH_CHECK(kv_num.has_value() == kv_idx.has_value(), "samsparse_cuda::fwd: give both kv_num and kv_idx, or neither");
   if (kv_num.has_value()) {
@@ -204,6 +206,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   g_last_smem = p.smem_bytes;
   g_last_variant = p.variant;
   g_last_softmax = p.variant == kVariantSm90 ? p.softmax_ran : -1;
+  g_last_width_mma = p.width_mma;
   TORCH_CHECK(err == nullptr, "samsparse cuda attention kernel: ", err);
 }
 
@@ -235,7 +238,9 @@ int64_t smem_bytes(int64_t head_dim, int64_t bias_mode, int64_t rgh, int64_t rgw
 
 int64_t compiled_head_dim(int64_t head_dim) { return kernel_head_dim(static_cast<int>(head_dim)); }
 
-std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem, g_last_variant, g_last_softmax}; }
+std::vector<int64_t> last_launch() {
+  return {g_last_bias_mode, g_last_smem, g_last_variant, g_last_softmax, g_last_width_mma};
+}
 
 }  // namespace
 }  // namespace samsparse
