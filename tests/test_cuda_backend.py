@@ -832,6 +832,29 @@ def test_gpu_wgmma_softmax_modes(case, monkeypatch):
     assert torch.equal(outs["0"][1], outs["redo"][1])
 
 
+@gpu
+def test_gpu_extension_errors_raise_instead_of_crashing(tmp_path):
+    """A call the extension refuses (here a geom list of the wrong length) raises RuntimeError with the
+    extension's message: a C++ exception crossing the op boundary must not take the process down (run in a
+    subprocess, so a crash fails this test instead of the session)."""
+    script = tmp_path / "bad_call.py"
+    script.write_text(
+        "import torch\n"
+        "from samsparse.backends.cuda import build\n"
+        "build.require()\n"
+        "q = torch.zeros(1, 1, 64, 64, device='cuda', dtype=torch.bfloat16)\n"
+        "lse = torch.zeros(1, 1, 64, device='cuda')\n"
+        "try:\n"
+        "    torch.ops.samsparse_cuda.fwd(q, q, q, q.clone(), lse, None, None, None, None, None, None, 0.125, [0] * 18)\n"
+        "except RuntimeError as exc:\n"
+        "    print('raised:', str(exc).splitlines()[0])\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "raised:" in proc.stdout and "geom must have 13 to 17 ints" in proc.stdout, proc.stdout
+
+
 WIDTH_CASES = [c for c in WGMMA_CASES if c.rel != "none" and ops.kernel_head_dim(c.d) == 64]
 
 

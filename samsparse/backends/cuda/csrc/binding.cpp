@@ -62,7 +62,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
   check_qkv(out, "out", q);
-  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 16, "samsparse_cuda::fwd: geom must have 13 to 16 ints, got ",
+  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 17, "samsparse_cuda::fwd: geom must have 13 to 17 ints, got ",
               geom.size());
   const int64_t D = q.size(3);
   TORCH_CHECK(D % 8 == 0 && D > 0 && D <= 256 && kernel_head_dim(static_cast<int>(D)) > 0,
