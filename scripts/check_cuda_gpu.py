@@ -259,7 +259,6 @@ def stage_bench() -> int:
         cuda_raw = raw_call([0] * 13)  # the extension's defaults: mma.sync
         cuda_raw_wgmma = raw_call([0] * 13 + [1])  # wgmma, the fixed-offset softmax (the extension's default)
         cuda_raw_wgmma_running = raw_call([0] * 13 + [1, 0, 0])  # wgmma, the running max
-        cuda_raw_wgmma_wsmem = raw_call([0] * 13 + [1, 0, 1, 0])  # wgmma, width terms from shared memory
 
         blocks64 = torch.rand(1, h, n // 64, n // 64, generator=torch.Generator().manual_seed(3)) < 0.25
         blocks64 |= torch.eye(n // 64, dtype=torch.bool)
@@ -291,10 +290,6 @@ def stage_bench() -> int:
             contenders += kernel_rows("wgmma", wg, cuda_raw_wgmma)
             # the same kernel with the running-max softmax (SAMSPARSE_CUDA_FIXED_OFFSET=0), for the A/B
             contenders += kernel_rows("wgmma running", {**wg, cuda_ops.FIXED_OFFSET_ENV: "0"}, cuda_raw_wgmma_running)
-            # the run-64 width terms read from shared memory instead of added by wgmma (SAMSPARSE_CUDA_WIDTH_MMA=0;
-            # d = 80 always reads them), for the A/B
-            contenders += [row for row in kernel_rows("wgmma width-smem", {**wg, cuda_ops.WIDTH_MMA_ENV: "0"},
-                                                      cuda_raw_wgmma_wsmem) if "rel" in row[0]]
             for tile in cuda_ops.WGMMA_TILES:  # every tile shape forced, for the default's A/B
                 env = {**wg, cuda_ops.WGMMA_TILE_ENV: tile}
                 contenders += [
@@ -334,8 +329,6 @@ def stage_bench() -> int:
                     raise RuntimeError(f"ran {launch}, not the {want} kernel")
                 if name.startswith("wgmma running") and "kernel only" not in name and launch["softmax"] != "running":
                     raise RuntimeError(f"ran {launch}, not the running-max softmax")
-                if name.startswith("wgmma width-smem") and launch["width_mma"]:
-                    raise RuntimeError(f"ran {launch}, not the shared-memory width terms")
             except Exception as exc:  # noqa: BLE001
                 say(f"d={d} {name}: FAILED {type(exc).__name__}: {exc}")
                 rows.append({"d": d, "h": h, "name": name, "error": str(exc)})

@@ -64,27 +64,25 @@ def main() -> int:
         print("cuda_memcheck_case.py needs a CUDA GPU (run it under compute-sanitizer on a GPU machine)", file=sys.stderr)
         return 2
     small = "--small" in sys.argv
-    cases = [(i, c, "", "1", "1") for i, c in enumerate(CASES)]
+    cases = [(i, c, "", "1") for i, c in enumerate(CASES)]
     os.environ[ops.KERNEL_ENV] = "mma"  # CASES check the mma.sync kernel (wgmma is the default on Hopper)
     if "--wgmma" in sys.argv:
         if torch.cuda.get_device_capability() != (9, 0):
             print("--wgmma needs a compute capability 9.0 GPU (H100/H200)", file=sys.stderr)
             return 2
         os.environ[ops.KERNEL_ENV] = "wgmma"  # read by every call; calls it does not serve run mma.sync
-        # every tile, and each softmax: fixed offset (the default), running max, fixed offset with every CTA redone;
-        # d = 64 rel-pos calls also with the width terms from shared memory (by wgmma is their default)
-        cases = [(i, c, tile, sm, w) for tile in ("", *ops.WGMMA_TILES) for sm in ("1", "0", "redo")
-                 for i, c in enumerate(WGMMA_CASES) for w in ("1", "0") if w == "1" or (c.rel != "none" and c.d == 64)]
+        # every tile, and each softmax: fixed offset (the default), running max, fixed offset with every CTA redone
+        cases = [(i, c, tile, sm) for tile in ("", *ops.WGMMA_TILES) for sm in ("1", "0", "redo")
+                 for i, c in enumerate(WGMMA_CASES)]
         small = False
     cb = CudaBackend()
     worst = 0.0
     failures = 0
-    for i, case, tile, softmax, width in cases:
+    for i, case, tile, softmax in cases:
         if small and i not in SMALL:
             continue
         os.environ[ops.WGMMA_TILE_ENV] = tile  # "" = the kernel's own choice
         os.environ[ops.FIXED_OFFSET_ENV] = softmax
-        os.environ[ops.WIDTH_MMA_ENV] = width
         q, k, v, mask, rel_pos = make_inputs(case, "cuda")
         reason = cb.why_not(q, k, v, mask, rel_pos, return_lse=True)
         if reason is not None:
@@ -94,7 +92,7 @@ def main() -> int:
         out, lse = cb.attend(q, k, v, mask, rel_pos, return_lse=True)
         torch.cuda.synchronize()
         launch = ops.last_launch()
-        mode = f"{launch['bias_mode']} kernel={launch['kernel']} softmax={launch['softmax']} width_mma={launch['width_mma']}" + (f" tile={tile}" if tile else "")
+        mode = f"{launch['bias_mode']} kernel={launch['kernel']} softmax={launch['softmax']}" + (f" tile={tile}" if tile else "")
         ref = reference_attention(q, k, v, mask, rel_pos)
         err = float((out.double() - ref.double()).abs().max())
         worst = max(worst, err)

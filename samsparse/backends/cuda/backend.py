@@ -89,25 +89,22 @@ def device_smem_limit(device: torch.device) -> int:
 
 
 def last_launch() -> dict:
-    """Bias mode, shared memory, kernel (``"mma"`` or ``"wgmma"``), the Hopper kernel's softmax
-    (``"running"``, ``"fixed"``, ``"fixed+redo"``; see :func:`softmax_mode`) and ``width_mma`` (whether the
-    run-64 width terms were added by the tensor cores; see :func:`width_mma`) of the last launch in this thread."""
+    """Bias mode, shared memory, kernel (``"mma"`` or ``"wgmma"``) and the Hopper kernel's softmax
+    (``"running"``, ``"fixed"``, ``"fixed+redo"``; see :func:`softmax_mode`) of the last launch in this thread."""
     from . import build
 
     build.require()
-    mode, smem, variant, softmax, wmma = torch.ops.samsparse_cuda.last_launch()
+    mode, smem, variant, softmax = torch.ops.samsparse_cuda.last_launch()
     names = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
     kernels = {0: "mma", 1: "wgmma"}
     softmaxes = {-1: "running", 0: "running", 1: "fixed", 2: "fixed+redo"}
     return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem),
-            "kernel": kernels.get(int(variant), str(variant)), "softmax": softmaxes.get(int(softmax), str(softmax)),
-            "width_mma": bool(wmma)}
+            "kernel": kernels.get(int(variant), str(variant)), "softmax": softmaxes.get(int(softmax), str(softmax))}
 
 
 KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
 WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
 FIXED_OFFSET_ENV = "SAMSPARSE_CUDA_FIXED_OFFSET"
-WIDTH_MMA_ENV = "SAMSPARSE_CUDA_WIDTH_MMA"
 # csrc/fwd_params.h SoftmaxMode: the Hopper kernel's softmax
 SOFTMAX_MODES = {"0": 0, "1": 1, "redo": 2}
 # csrc/fwd_params.h WgmmaTile: query rows per CTA and warps
@@ -164,26 +161,15 @@ def softmax_mode() -> int:
     return SOFTMAX_MODES[choice]
 
 
-def width_mma() -> int:
-    """Whether the Hopper kernel may add SAM's run-64 width terms with the tensor cores, from
-    ``SAMSPARSE_CUDA_WIDTH_MMA``: ``1`` (default; used at head dim 64 when the softmax scale is a power of
-    two, as SAM's 64 ** -0.5 is: exact) or ``0`` (the terms read from shared memory and added per logit,
-    for A/B timings)."""
-    choice = os.environ.get(WIDTH_MMA_ENV, "1").strip() or "1"
-    if choice not in ("0", "1"):
-        raise ValueError(f"{WIDTH_MMA_ENV}={choice!r}: use 1 (default) or 0")
-    return int(choice)
-
-
 def _kernel_args(device: torch.device) -> list[int]:
-    """The extension's kernel fields: [variant, wgmma tile, softmax mode, width mma] (tile: 0 the kernel's
-    rule, else one of ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings; softmax
-    mode: see :func:`softmax_mode`; width mma: see :func:`width_mma`)."""
+    """The extension's kernel fields: [variant, wgmma tile, softmax mode] (tile: 0 the kernel's rule, else
+    one of ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings; softmax mode: see
+    :func:`softmax_mode`)."""
     variant = kernel_variant(device)
     tile = os.environ.get(WGMMA_TILE_ENV, "").strip().lower()
     if tile and tile not in WGMMA_TILES:
         raise ValueError(f"{WGMMA_TILE_ENV}={tile!r}: use one of {', '.join(WGMMA_TILES)} (or leave it unset)")
-    return [variant, WGMMA_TILES.get(tile, 0), softmax_mode(), width_mma()]
+    return [variant, WGMMA_TILES.get(tile, 0), softmax_mode()]
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ thread_local int64_t g_last_bias_mode = -1;
 thread_local int64_t g_last_smem = -1;
 thread_local int64_t g_last_variant = -1;
 thread_local int64_t g_last_softmax = -1;
-thread_local int64_t g_last_width_mma = 0;
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
@@ -62,7 +61,7 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
   check_qkv(out, "out", q);
-  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 17, "samsparse_cuda::fwd: geom must have 13 to 17 ints, got ",
+  TORCH_CHECK(geom.size() >= 13 && geom.size() <= 16, "samsparse_cuda::fwd: geom must have 13 to 16 ints, got ",
               geom.size());
   const int64_t D = q.size(3);
   TORCH_CHECK(D % 8 == 0 && D > 0 && D <= 256 && kernel_head_dim(static_cast<int>(D)) > 0,
@@ -137,7 +136,6 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   TORCH_CHECK(p.softmax_mode >= kSoftmaxRunning && p.softmax_mode <= kSoftmaxFixedRedo,
               "samsparse_cuda::fwd: softmax mode must be 0 to ", static_cast<int>(kSoftmaxFixedRedo), ", got ",
               p.softmax_mode);
-  p.width_mma = geom.size() > 16 ? to_int(geom[16], "width mma") : 1;
 
   TORCH_CHECK(kv_num.has_value() == kv_idx.has_value(), "samsparse_cuda::fwd: give both kv_num and kv_idx, or neither");
   if (kv_num.has_value()) {
@@ -206,7 +204,6 @@ void fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   g_last_smem = p.smem_bytes;
   g_last_variant = p.variant;
   g_last_softmax = p.variant == kVariantSm90 ? p.softmax_ran : -1;
-  g_last_width_mma = p.width_mma;
   TORCH_CHECK(err == nullptr, "samsparse cuda attention kernel: ", err);
 }
 
@@ -238,9 +235,7 @@ int64_t smem_bytes(int64_t head_dim, int64_t bias_mode, int64_t rgh, int64_t rgw
 
 int64_t compiled_head_dim(int64_t head_dim) { return kernel_head_dim(static_cast<int>(head_dim)); }
 
-std::vector<int64_t> last_launch() {
-  return {g_last_bias_mode, g_last_smem, g_last_variant, g_last_softmax, g_last_width_mma};
-}
+std::vector<int64_t> last_launch() { return {g_last_bias_mode, g_last_smem, g_last_variant, g_last_softmax}; }
 
 }  // namespace
 }  // namespace samsparse

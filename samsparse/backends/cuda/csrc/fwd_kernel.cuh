@@ -796,7 +796,6 @@ const char* run_fwd_hd(FwdParams& p, void* stream_ptr) {
     if (taken) return err;
   }
   p.variant = kVariantMmaSync;
-  p.width_mma = 0;
   if (p.rel_h == nullptr) return launch<T, D, kBiasNone>(p, stream);
   if constexpr (C::kBlockN >= 64) {
     if (runs_fit(p, 64, C::kBlockN, dense)) return launch<T, D, kBiasRun64>(p, stream);

@@ -87,9 +87,6 @@ struct FwdParams {
   // least redo_capacity of them; nullptr: the running max only.
   int* redo_flags = nullptr;
   long long redo_capacity = 0;
-  // Hopper kernel, run-64 bias at d = 64: in, whether the width terms may be added by the tensor cores
-  // (where the scale is a power of two); out, whether they were (0 elsewhere)
-  int width_mma = 1;
 
   // Filled in by the launcher (outputs, for diagnostics).
   int bias_mode = 0;

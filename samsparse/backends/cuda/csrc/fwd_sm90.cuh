@@ -55,19 +55,6 @@ template <int D, int kWG, int kMT> struct WidthTerms {
   static constexpr bool kFloat = D == 64;
   static constexpr int kBytesPerThread = kMT * (kFloat ? 128 : 64);
 };
-// ... or added by the tensor cores (kWMma: d = 64 with a power-of-two scale): S = Q K^T + rel_w (c I) with
-// c = 1 / scale, four more m64n64k16 products per step reading rel_w [64 rows, 64 columns] and c I from
-// shared memory, so the loop neither loads the terms nor adds them (c w is exact: w has 8 significant bits,
-// c is a power of two; S scale = q k scale + w). The height term enters the offset divided by the scale.
-template <typename T, int D, int kBias> struct WidthMma {
-  static constexpr bool kCompiled = D == 64 && kBias == kBiasRun64;
-  // does a call with this softmax scale qualify (c = 1 / scale a power of two that T holds)?
-  static bool serves(float scale) {
-    int e = 0;
-    const float m = std::frexp(scale, &e);
-    return kCompiled && m == 0.5f && e >= -13 && e <= 15;
-  }
-};
 
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
 template <int D> struct Panels {
@@ -98,11 +85,6 @@ template <int D, int kBlockM> struct Smem {
   static constexpr int kOnesBytes = 512;
   static constexpr int kW = kOnes + kOnesBytes;
   static constexpr int kBytes = kW + 1024;  // + slack to align the base; the launch adds the width terms
-  // width terms by the tensor cores (WidthMma): rel_w as an A operand [kBlockM, 64] (Q's layout) and c I
-  // (c = 1 / scale) as a B operand [64, 64] (a K tile's layout), after the ones tile instead of kW's terms
-  static constexpr int kWA = (kW + 1023) / 1024 * 1024;
-  static constexpr int kIdent = kWA + kBlockM * 128;
-  static constexpr int kWMmaBytes = kIdent + kBlockN * 128 + 1024;
   static_assert(kQ1 % 1024 == 0 && kK1 % 256 == 0 && kInts % 16 == 0, "panel alignment");
   static_assert(kBlockM * kOStride * 2 <= kTiles * kKV0Bytes, "output staging must fit in the K/V area");
 };
@@ -156,19 +138,6 @@ template <int D, int kBlockM> struct Operands {
     return ks < 4 ? desc_k128(base + S::kK0 + stage * S::kKV0Bytes) + 2 * ks
                   : desc_k32(base + S::kK1 + stage * S::kKV1Bytes);
   }
-  // WidthMma operands: 16-byte chunk `ch` of row `row` of the rel_w tile [kBlockM, 64] (Q's layout) and of
-  // c I [64, 64] (a K tile's layout); d = 64 only
-  static __host__ __device__ uint32_t wa_chunk(uint32_t base, int row, int ch) {
-    return base + S::kWA + row * 128 + ((ch ^ (row & 7)) << 4);
-  }
-  static __host__ __device__ uint32_t ident_chunk(uint32_t base, int row, int ch) {
-    return base + S::kIdent + row * 128 + ((ch ^ (row & 7)) << 4);
-  }
-  // ... and their descriptors: rel_w of 64-row block `blk` (A, as q_desc) and c I (B, as k_desc), k-step ks
-  static __host__ __device__ uint64_t wa_desc(uint32_t base, int blk, int ks) {
-    return desc_k128(base + S::kWA + blk * 64 * 128) + 2 * ks;
-  }
-  static __host__ __device__ uint64_t ident_desc(uint32_t base, int ks) { return desc_k128(base + S::kIdent) + 2 * ks; }
   // B operand of P x ones (m64n8k16, K-major without swizzle): every element read is 1, so one tile
   // serves every k-step
   static __host__ __device__ uint64_t ones_desc(uint32_t base) { return make_desc(base + S::kOnes, 128, 256, 0); }
@@ -256,8 +225,7 @@ SAMSPARSE_WG_TYPE(__nv_bfloat16, "bf16")
 // kFixed: the fixed-offset softmax (one 64-row block per warpgroup only); CTAs whose row sums may have
 // overflowed write p.redo_flags[cta] = 1 and no output, and a second launch of the running-max kernel
 // (kFixed = false with p.redo_flags set) computes exactly those CTAs.
-// kWMma: the run-64 width terms added by the tensor cores (WidthMma).
-template <typename T, int D, int kBias, int kWG, int kMT, bool kFixed, bool kWMma>
+template <typename T, int D, int kBias, int kWG, int kMT, bool kFixed>
 __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMinBlocks)
     attn_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -270,7 +238,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   constexpr int DT0 = 8;             // n8 chunks of O in panel 0
   static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
   constexpr bool kWF = WidthTerms<D, kWG, kMT>::kFloat;
-  static_assert(!kWMma || WidthMma<T, D, kBias>::kCompiled, "width terms by wgmma: d = 64, run-64 bias");
   constexpr bool kMaySkipRescale = !(kMT == 2 && kBias == kBiasRun64);  // see the rescale below
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -282,11 +249,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  // warpgroup: query rows [64 kMT wg, 64 kMT (wg + 1)). Read through a lane-0 shuffle, the compiler knows it
-  // is warp-uniform and builds the wgmma descriptors from it in uniform registers (loops 6-21 instructions
-  // shorter, nvcc 13.0); not for the run-64 kernels with width terms in shared memory, where it costs
-  // spills (20 B at d = 64, 108 B at d = 80 on m128w8 tiles)
-  const int wg = (kBias == kBiasNone || kWMma) ? __shfl_sync(0xffffffffu, warp >> 2, 0) : warp >> 2;
+  const int wg = warp >> 2;  // warpgroup: query rows [64 kMT wg, 64 kMT (wg + 1))
   const int g = lane >> 2;
   const int tq = lane & 3;
   // this thread's rows: row_a[mt] and row_a[mt] + 8 of each 64-row block mt of its warpgroup
@@ -416,36 +379,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
     rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
-  }
-  if constexpr (kWMma) {
-    // rel_w [kBlockM query rows, 64 columns] as a wgmma A operand (row r: query token sQTok[r], zeros for
-    // rows past the queries) and c I as a B operand, 16-byte chunks in the swizzled layouts
-    const uint16_t* rw = reinterpret_cast<const uint16_t*>(p.rel_w) + b * p.rw_sb + h * p.rw_sh;
-    for (int c = tid; c < kBlockM * 8; c += kThreads) {
-      const int r = c >> 3, ch = c & 7, tok = sQTok[r];
-      uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (tok >= 0) {
-        const uint16_t* src = rw + static_cast<int64_t>(tok) * p.rw_sq + static_cast<int64_t>(8 * ch) * p.rw_sc;
-        if (p.rw_sc == 1 && (reinterpret_cast<uintptr_t>(src) & 15u) == 0) {
-          v = __ldg(reinterpret_cast<const uint4*>(src));
-        } else {
-          uint32_t w[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) w[i] = static_cast<uint32_t>(__ldg(src + (2 * i) * p.rw_sc)) |
-                                             (static_cast<uint32_t>(__ldg(src + (2 * i + 1) * p.rw_sc)) << 16);
-          v = make_uint4(w[0], w[1], w[2], w[3]);
-        }
-      }
-      *reinterpret_cast<uint4*>(smem + Op::wa_chunk(0, r, ch)) = v;
-    }
-    const uint32_t c_bits = Num<T>::pack(1.f / p.scale, 0.f) & 0xffffu;  // exact (WidthMma::serves)
-    for (int c = tid; c < kBlockN * 8; c += kThreads) {
-      const int r = c >> 3, ch = c & 7;
-      uint32_t w[4] = {0u, 0u, 0u, 0u};
-      if ((r >> 3) == ch) w[(r & 7) >> 1] = (r & 1) ? (c_bits << 16) : c_bits;
-      *reinterpret_cast<uint4*>(smem + Op::ident_chunk(0, r, ch)) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-  } else if constexpr (kBias == kBiasRun64) {
     const uint16_t* rw = reinterpret_cast<const uint16_t*>(p.rel_w) + b * p.rw_sb + h * p.rw_sh;
     auto width_term = [&](int mt, int hf, int col) -> uint16_t {
       if (qtok[mt][hf] < 0) return 0;
@@ -479,9 +412,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   }
 
   const float scale = p.scale;
-  // S holds q k (no bias; kWMma: q k + w / scale, the height term scaled to match) or q k scale + w
-  const float mult = (kBias == kBiasNone || kWMma) ? scale * kLog2e : kLog2e;
-  const float h_mult = kWMma ? 1.f / scale : 1.f;  // exact: a power of two (WidthMma::serves)
+  const float mult = (kBias == kBiasNone) ? scale * kLog2e : kLog2e;
 
   float acc0[kMT][DT0 * 4];
   float acc1[kMT][kP1 ? 8 : 1];
@@ -515,7 +446,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
           if (qtok[mt][hf] >= 0) {
             hv[mt][hf] = Num<T>::to_float(__ldg(rh_base + static_cast<int64_t>(qtok[mt][hf]) * p.rh_sq +
                                                 static_cast<int64_t>(krow) * p.rh_sr));
-            if constexpr (kWMma) hv[mt][hf] *= h_mult;
           }
         }
       }
@@ -526,10 +456,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
     for (int ks = 0; ks < (kP1 ? 5 : 4); ++ks) {
       Wg<T>::ss_n64(s[mt], Op::q_desc(base, wg * kMT + mt, ks), Op::k_desc(base, kst, ks), ks > 0);
-    }
-    if constexpr (kWMma) {
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) Wg<T>::ss_n64(s[mt], Op::wa_desc(base, wg * kMT + mt, ks), Op::ident_desc(base, ks), 1);
     }
     wg_commit();
   };
@@ -549,9 +475,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   // instantiation, so full tiles pay no per-logit column test)
   auto bias_and_mask = [&](auto full_tag, int mt, int n_valid) {
     constexpr bool kFull = decltype(full_tag)::value;
-    if constexpr (kWMma) {
-      // the width terms are in S already
-    } else if constexpr (kBias == kBiasRun64 && kWF) {
+    if constexpr (kBias == kBiasRun64 && kWF) {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
         const float4 w4 = sWf[(8 * mt + q) * kThreads + tid];
@@ -856,30 +780,27 @@ inline bool device_is_sm90() {
   return yes;
 }
 
-template <typename T, int D, int kBias, int kWG, int kMT, bool kWMma>
+template <typename T, int D, int kBias, int kWG, int kMT>
 const char* launch(FwdParams& p, cudaStream_t stream) {
   constexpr int kBlockM = Rows<kWG, kMT>::kBlockM;
   // + the run-64 width terms (see the kernel)
-  const int smem = kWMma ? Smem<D, kBlockM>::kWMmaBytes
-                         : Smem<D, kBlockM>::kBytes + (kBias == kBiasRun64 ? Rows<kWG, kMT>::kThreads *
-                                                                                 WidthTerms<D, kWG, kMT>::kBytesPerThread
-                                                                           : 0);
+  const int smem = Smem<D, kBlockM>::kBytes +
+                   (kBias == kBiasRun64 ? Rows<kWG, kMT>::kThreads * WidthTerms<D, kWG, kMT>::kBytesPerThread : 0);
   tile_queries(p, kBlockM);  // run_fwd_hd tiled for the mma.sync kernel's rows
   p.smem_bytes = smem;
   p.bias_mode = kBias;
   p.block_m = kBlockM;
   p.block_n = kBlockN;
   p.variant = kVariantSm90;
-  p.width_mma = kWMma ? 1 : 0;
   static int configured_running[64] = {0};
-  auto running = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, false, kWMma>;
+  auto running = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, false>;
   if constexpr (kMT == 1) {
     const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
     if (p.softmax_mode != kSoftmaxRunning && p.redo_flags != nullptr && ctas <= p.redo_capacity) {
       // the fixed-offset pass, then the running max for the CTAs it flagged (the others return at once)
       static int configured_fixed[64] = {0};
       p.softmax_ran = p.softmax_mode;
-      const char* err = launch_ctas(attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, true, kWMma>, p, Rows<kWG, kMT>::kThreads,
+      const char* err = launch_ctas(attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, true>, p, Rows<kWG, kMT>::kThreads,
                                     smem, configured_fixed, stream);
       if (err != nullptr) return err;
       return launch_ctas(running, p, Rows<kWG, kMT>::kThreads, smem, configured_running, stream);
@@ -897,12 +818,12 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
 // run-64 bias. Tile shape (p.wgmma_tile, kWgmma* in fwd_params.h): 64 rows / 4 warps when the mask's
 // query blocks have at most 64 tokens (no idle rows); else 128 rows / 8 warps, the fastest measured
 // (H200) for every dense call. A nonzero p.wgmma_tile forces one for A/B runs.
-template <typename T, int D, int kBias, bool kWMma = false>
+template <typename T, int D, int kBias>
 const char* launch_shape(FwdParams& p, cudaStream_t stream, int tile) {
   switch (tile) {
-    case kWgmmaM64W4: return sm90::launch<T, D, kBias, 1, 1, kWMma>(p, stream);
-    case kWgmmaM128W8: return sm90::launch<T, D, kBias, 2, 1, kWMma>(p, stream);
-    default: return sm90::launch<T, D, kBias, 1, 2, kWMma>(p, stream);
+    case kWgmmaM64W4: return sm90::launch<T, D, kBias, 1, 1>(p, stream);
+    case kWgmmaM128W8: return sm90::launch<T, D, kBias, 2, 1>(p, stream);
+    default: return sm90::launch<T, D, kBias, 1, 2>(p, stream);
   }
 }
 
@@ -919,14 +840,7 @@ const char* try_sm90(FwdParams& p, cudaStream_t stream, bool* taken) {
     if (p.rel_h != nullptr && !run64) return nullptr;
     const int tile = p.wgmma_tile != 0 ? p.wgmma_tile : (!dense && p.bq <= 64) ? kWgmmaM64W4 : kWgmmaM128W8;
     *taken = true;
-    if (!run64) return launch_shape<T, D, kBiasNone>(p, stream, tile);
-    // the width terms by the tensor cores where the scale allows (p.width_mma: in, allowed; out, ran)
-    if constexpr (sm90::WidthMma<T, D, kBiasRun64>::kCompiled) {
-      if (p.width_mma != 0 && sm90::WidthMma<T, D, kBiasRun64>::serves(p.scale)) {
-        return launch_shape<T, D, kBiasRun64, true>(p, stream, tile);
-      }
-    }
-    return launch_shape<T, D, kBiasRun64>(p, stream, tile);
+    return run64 ? launch_shape<T, D, kBiasRun64>(p, stream, tile) : launch_shape<T, D, kBiasNone>(p, stream, tile);
   }
   return nullptr;
 }
