@@ -811,6 +811,7 @@ def test_gpu_wgmma_softmax_modes(case, monkeypatch):
 
 
 @gpu
+@needs_gpu
 def test_gpu_extension_errors_raise_instead_of_crashing(tmp_path):
     """A call the extension refuses (here a geom list of the wrong length) raises RuntimeError with the
     extension's message: a C++ exception crossing the op boundary must not take the process down (run in a
