@@ -251,7 +251,9 @@ def stage_bench() -> int:
         lse_k = torch.empty(b, h, n, device="cuda", dtype=torch.float32)
         def raw_call(geom):  # the kernel alone (no Python wrapper, no allocation), with geom's kernel fields
             def run():
-                torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
+                reason = torch.ops.samsparse_cuda.fwd(q, k, v, out_k, lse_k, None, None, None, None, None, None, d ** -0.5, geom)
+                if reason:  # the op returns why it refused a call instead of raising
+                    raise RuntimeError(reason)
                 return out_k
 
             return run

@@ -813,9 +813,10 @@ def test_gpu_wgmma_softmax_modes(case, monkeypatch):
 @gpu
 @needs_gpu
 def test_gpu_extension_errors_raise_instead_of_crashing(tmp_path):
-    """A call the extension refuses (here a geom list of the wrong length) raises RuntimeError with the
-    extension's message: a C++ exception crossing the op boundary must not take the process down (run in a
-    subprocess, so a crash fails this test instead of the session)."""
+    """A call the extension refuses (here a geom list of the wrong length) comes back as its reason, raised
+    as RuntimeError by the Python side: the op returns it instead of throwing (a c10::Error thrown out of
+    the extension killed the process on the H200 machine). Run in a subprocess, so a crash fails this test
+    instead of the session."""
     script = tmp_path / "bad_call.py"
     script.write_text(
         "import torch\n"
@@ -823,8 +824,10 @@ def test_gpu_extension_errors_raise_instead_of_crashing(tmp_path):
         "build.require()\n"
         "q = torch.zeros(1, 1, 64, 64, device='cuda', dtype=torch.bfloat16)\n"
         "lse = torch.zeros(1, 1, 64, device='cuda')\n"
+        "from samsparse.backends.cuda.backend import _raise_refusal\n"
         "try:\n"
-        "    torch.ops.samsparse_cuda.fwd(q, q, q, q.clone(), lse, None, None, None, None, None, None, 0.125, [0] * 18)\n"
+        "    _raise_refusal(torch.ops.samsparse_cuda.fwd(q, q, q, q.clone(), lse, None, None, None, None, None, None,\n"
+        "                                               0.125, [0] * 18))\n"
         "except RuntimeError as exc:\n"
         "    print('raised:', str(exc).splitlines()[0])\n"
     )

@@ -88,6 +88,13 @@ def device_smem_limit(device: torch.device) -> int:
     return {8: 163 * 1024, 9: 227 * 1024}.get(major, 99 * 1024)
 
 
+def _raise_refusal(reason: str) -> None:
+    """The extension's ops return why they refused a call (empty: done) instead of throwing across the
+    library boundary (a C++ exception thrown out of the extension killed the process on the H200 machine)."""
+    if reason:
+        raise RuntimeError(reason)
+
+
 def last_launch() -> dict:
     """Bias mode, shared memory, kernel (``"mma"`` or ``"wgmma"``) and the Hopper kernel's softmax
     (``"running"``, ``"fixed"``, ``"fixed+redo"``; see :func:`softmax_mode`) of the last launch in this thread."""
@@ -142,7 +149,7 @@ def wgmma_selftest(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, devi
     q, k, v = (torch.randn(64, head_dim, generator=g).to(device=device, dtype=dtype) for _ in range(3))
     s = torch.empty(64, 64, device=device, dtype=torch.float32)
     o = torch.empty(64, head_dim, device=device, dtype=torch.float32)
-    torch.ops.samsparse_cuda.wgmma_selftest(q, k, v, s, o)
+    _raise_refusal(torch.ops.samsparse_cuda.wgmma_selftest(q, k, v, s, o))
     s_ref = q.float() @ k.float().T
     o_ref = s_ref.to(dtype).float() @ v.float()
     s_err = float((s - s_ref).abs().max() / s_ref.abs().max())
@@ -229,10 +236,10 @@ def _cuda_attention_op(
         0, 0, 0, *_kernel_args(q.device),
     ]
     with torch.cuda.device(q.device):
-        torch.ops.samsparse_cuda.fwd(
+        _raise_refusal(torch.ops.samsparse_cuda.fwd(
             _aligned(q), _aligned(k), _aligned(v), out, lse,
             kv_num_blocks, kv_indices, rel_h, rel_w, None, None, float(scale), geom,
-        )
+        ))
     return out, lse
 
 
@@ -343,12 +350,12 @@ def _cuda_varlen_op(
     k4 = _aligned(k).unsqueeze(0).transpose(1, 2)
     v4 = _aligned(v).unsqueeze(0).transpose(1, 2)
     with torch.cuda.device(q.device):
-        torch.ops.samsparse_cuda.fwd(
+        _raise_refusal(torch.ops.samsparse_cuda.fwd(
             q4, k4, v4, out.unsqueeze(0).transpose(1, 2), lse.unsqueeze(0),
             kv_num_blocks.to(torch.int32) if masked else None, kv_indices.to(torch.int32) if masked else None,
             None, None, cu_seqlens_q.to(q.device, torch.int32).contiguous(),
             cu_seqlens_k.to(q.device, torch.int32).contiguous(), float(scale), geom,
-        )
+        ))
     return out, lse
 
 
