@@ -832,7 +832,8 @@ def test_gpu_extension_errors_raise_instead_of_crashing(tmp_path):
         "    print('raised:', str(exc).splitlines()[0])\n"
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert "raised:" in proc.stdout and "geom must have 13 to 16 ints" in proc.stdout, proc.stdout
 

@@ -19,6 +19,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "fwd_params.h"
@@ -26,10 +27,30 @@
 namespace samsparse {
 namespace {
 
+// A refusal's reason, built with std::string and std::to_string only: on the H200 machine (torch 2.11)
+// a message that streamed a number through c10::str (std::ostringstream) killed the process.
+inline void append_to(std::string& s, const char* v) { s += v; }
+inline void append_to(std::string& s, const std::string& v) { s += v; }
+inline void append_to(std::string& s, double v) { s += std::to_string(v); }
+inline void append_to(std::string& s, at::ScalarType v) { s += c10::toString(v); }
+inline void append_to(std::string& s, const c10::Device& v) {
+  s += v.is_cuda() ? "cuda:" + std::to_string(static_cast<int>(v.index())) : (v.is_cpu() ? std::string("cpu") : std::string("another device"));
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+inline void append_to(std::string& s, T v) {
+  s += std::to_string(v);
+}
+template <typename... Parts>
+std::string reason(const Parts&... parts) {
+  std::string s;
+  (append_to(s, parts), ...);
+  return s;
+}
+
 // Return the reason (std::string) from the enclosing function unless `cond` holds.
-#define REQUIRE_ARG(cond, ...)                   \
-  do {                                           \
-    if (!(cond)) return c10::str(__VA_ARGS__);   \
+#define REQUIRE_ARG(cond, ...)                 \
+  do {                                         \
+    if (!(cond)) return reason(__VA_ARGS__);   \
   } while (0)
 // dst = v as an int, or return why not.
 #define TO_INT_ARG(dst, v, what)                                                                                   \
