@@ -1293,3 +1293,25 @@ def test_terms_register_cap_is_opt_in(monkeypatch):
     monkeypatch.setenv("SAMSPARSE_TRITON_TERMS_REGCAP", "lots")
     with pytest.raises(ValueError, match="SAMSPARSE_TRITON_TERMS_REGCAP must be a register count"):
         cap_of()
+
+
+def test_plan_keys_hash_by_value():
+    """The geometry and tile config key the plan, tuning and compiled-kernel caches with a stored or plain
+    tuple hash (cheaper per call than the generated one): equal values must still hash and compare equal,
+    and any field change must make a different key."""
+    from samsparse.backends.triton import ops
+    from samsparse.backends.triton.configs import TileConfig
+
+    def geo(**kw):
+        base = dict(batch=1, heads=12, kv_heads=12, nq=4096, nk=4096, head_dim=64, dtype=torch.bfloat16, masked=False,
+                    layout=0, block_q=0, block_k=0, num_q_blocks=0, num_k_blocks=0, tile_grid=(1, 1), tile=(1, 1),
+                    has_rel=True, rel_k_grid=(64, 64))
+        return ops._Geometry(**{**base, **kw})
+
+    a = geo()
+    cache = {(a, TileConfig(128, 64, 4, 3)): "plan"}
+    assert cache[(geo(), TileConfig(128, 64, 4, 3))] == "plan"
+    for changed in (geo(batch=8), geo(dtype=torch.float16), geo(long_rows=True), dataclasses.replace(a, nk=1024)):
+        assert changed != a and (changed, TileConfig(128, 64, 4, 3)) not in cache
+    assert dataclasses.replace(geo(batch=8), batch=1) == a and hash(dataclasses.replace(geo(batch=8), batch=1)) == hash(a)
+    assert (a, TileConfig(64, 64, 4, 3)) not in cache

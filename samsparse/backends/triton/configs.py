@@ -68,6 +68,9 @@ class TileConfig:
     def __str__(self) -> str:
         return f"M{self.block_m}/N{self.block_n}/w{self.num_warps}/s{self.num_stages}"
 
+    def __hash__(self) -> int:  # part of every launch's plan key: a plain tuple hash, not the generated one
+        return hash((self.block_m, self.block_n, self.num_warps, self.num_stages))
+
 
 # Under TRITON_INTERPRET=1 (numpy on the CPU): big tiles mean fewer interpreted ops.
 INTERPRET_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
