@@ -1096,3 +1096,27 @@ def test_fragment_layouts_model():
             O[g, dt * 8 + 2 * t: dt * 8 + 2 * t + 2] = acc[dt][lane][0:2]
             O[g + 8, dt * 8 + 2 * t: dt * 8 + 2 * t + 2] = acc[dt][lane][2:4]
     assert np.allclose(O, S @ V)
+
+
+def _header_enums() -> dict[str, dict[str, int]]:
+    text = (CSRC / "fwd_params.h").read_text()
+    enums = {}
+    for name, body in re.findall(r"enum\s+(\w+)\s*:\s*int\s*\{(.*?)\};", text, flags=re.S):
+        enums[name] = {k: int(v) for k, v in re.findall(r"(\w+)\s*=\s*(-?\d+)", re.sub(r"//[^\n]*", "", body))}
+    return enums
+
+
+def test_python_tables_match_the_kernel_enums():
+    """backend.py's tables mirror fwd_params.h's enums by hand: a value added or renumbered in one place
+    and not the other would send the wrong tile / softmax to the kernel or misreport last_launch()."""
+    enums = _header_enums()
+    assert set(enums) >= {"BiasMode", "KernelVariant", "WgmmaTile", "SoftmaxMode"}, enums
+    tiles = {k[len("kWgmma"):].lower(): v for k, v in enums["WgmmaTile"].items()}
+    assert tiles == ops.WGMMA_TILES
+    softmax = {v: k[len("kSoftmax"):].lower() for k, v in enums["SoftmaxMode"].items()}
+    assert softmax == {v: name.replace("+", "") for v, name in ops.SOFTMAX_NAMES.items()}
+    assert set(ops.SOFTMAX_MODES.values()) == set(softmax)
+    bias = {v: k[len("kBias"):].lower() for k, v in enums["BiasMode"].items()}
+    assert bias == {v: name.replace("runs", "run") for v, name in ops.BIAS_MODE_NAMES.items()}
+    assert set(enums["KernelVariant"].values()) == set(ops.KERNEL_NAMES)
+    assert enums["KernelVariant"]["kVariantSm90"] == next(v for v, n in ops.KERNEL_NAMES.items() if n == "wgmma")

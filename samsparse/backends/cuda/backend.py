@@ -102,20 +102,24 @@ def last_launch() -> dict:
 
     build.require()
     mode, smem, variant, softmax = torch.ops.samsparse_cuda.last_launch()
-    names = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
-    kernels = {0: "mma", 1: "wgmma"}
-    softmaxes = {-1: "running", 0: "running", 1: "fixed", 2: "fixed+redo"}
-    return {"bias_mode": names.get(int(mode), str(mode)), "smem_bytes": int(smem),
-            "kernel": kernels.get(int(variant), str(variant)), "softmax": softmaxes.get(int(softmax), str(softmax))}
+    return {"bias_mode": BIAS_MODE_NAMES.get(int(mode), str(mode)), "smem_bytes": int(smem),
+            "kernel": KERNEL_NAMES.get(int(variant), str(variant)),
+            "softmax": SOFTMAX_NAMES.get(int(softmax), "running" if int(softmax) == -1 else str(softmax))}
 
 
 KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
 WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
 FIXED_OFFSET_ENV = "SAMSPARSE_CUDA_FIXED_OFFSET"
-# csrc/fwd_params.h SoftmaxMode: the Hopper kernel's softmax
+# Mirrors of csrc/fwd_params.h's enums (test_python_tables_match_the_kernel_enums checks them against the header).
+# SoftmaxMode, by the SAMSPARSE_CUDA_FIXED_OFFSET value that asks for it, and by name (the mma.sync
+# kernel reports -1: running)
 SOFTMAX_MODES = {"0": 0, "1": 1, "redo": 2}
-# csrc/fwd_params.h WgmmaTile: query rows per CTA and warps
+SOFTMAX_NAMES = {0: "running", 1: "fixed", 2: "fixed+redo"}
+# WgmmaTile: query rows per CTA and warps
 WGMMA_TILES = {"m64w4": 1, "m128w8": 2, "m128w4": 3}
+# BiasMode and KernelVariant, as last_launch() reports them
+BIAS_MODE_NAMES = {0: "none", 1: "generic", 16: "runs16", 32: "runs32", 64: "runs64"}
+KERNEL_NAMES = {0: "mma", 1: "wgmma"}
 _KERNEL_CHOICES = ("mma", "wgmma")
 
 
