@@ -1315,3 +1315,8 @@ def test_plan_keys_hash_by_value():
         assert changed != a and (changed, TileConfig(128, 64, 4, 3)) not in cache
     assert dataclasses.replace(geo(batch=8), batch=1) == a and hash(dataclasses.replace(geo(batch=8), batch=1)) == hash(a)
     assert (a, TileConfig(64, 64, 4, 3)) not in cache
+    import copy
+    import pickle
+
+    for clone in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        assert clone == a and hash(clone) == hash(a) and cache[(clone, TileConfig(128, 64, 4, 3))] == "plan"

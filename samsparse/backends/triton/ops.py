@@ -263,6 +263,15 @@ class _Geometry:
     def __hash__(self) -> int:
         return self._hash
 
+    # (a stored hash must not travel: hashes of dtypes differ between processes)
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
     def rel_dot(self) -> int:
         """One-hot bias mode: 1 small key grid (SAM's 14x14 windows), 2 tiles layout with small tiles, 0 off.
 
