@@ -89,8 +89,9 @@ def device_smem_limit(device: torch.device) -> int:
 
 
 def _raise_refusal(reason: str) -> None:
-    """The extension's ops return why they refused a call (empty: done) instead of throwing across the
-    library boundary (a C++ exception thrown out of the extension killed the process on the H200 machine)."""
+    """The extension's ops return why they refused a call (empty: done) instead of throwing; the binding
+    builds the reason without ostreams (see binding.cpp: on the H200 machine a number streamed through an
+    ostream inside an extension, as ``TORCH_CHECK`` does, killed the process)."""
     if reason:
         raise RuntimeError(reason)
 

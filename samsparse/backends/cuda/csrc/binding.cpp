@@ -6,8 +6,9 @@
 // in their own translation units without torch.
 //
 // The ops never throw: a refused call returns its reason as a string (empty: done), which the
-// Python side raises as RuntimeError. On the H200 machine (torch 2.11) a c10::Error thrown out
-// of this library killed the process instead of reaching Python.
+// Python side raises as RuntimeError. The reasons are built without ostreams: on the H200 machine
+// (torch 2.11, g++ 13.3) any number streamed through an ostream inside an extension killed the
+// process (c10::str, TORCH_CHECK with a number; scripts/probe_cxx_strings.py shows it).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
