@@ -56,6 +56,7 @@
 #              (every tile shape, varlen), then check_cuda_gpu.sh build + bench (wgmma rows per tile next to
 #              mma.sync, cuDNN and tuned Triton) + memcheck90 (compute-sanitizer); ~2 min, the check of a kernel edit
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
+#   probe      scripts/probe_cxx_strings.py: which ways of building a message survive in a C++ extension here
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -147,6 +148,7 @@ for stage in "${STAGES[@]}"; do
       done
       cp "$tune/triton/autotune.json" "$OUT/autotune_recorded.json" ;;
     cuda) run cuda 300 bash scripts/check_cuda_gpu.sh --only build,bench ;;
+    probe) run probe 300 "$PY" scripts/probe_cxx_strings.py ;;
     ncu)
       if command -v ncu >/dev/null; then
         run ncu 300 ncu --profile-from-start off --clock-control none --nvtx --section SpeedOfLight \
