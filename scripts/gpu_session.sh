@@ -57,6 +57,8 @@
 #              mma.sync, cuDNN and tuned Triton) + memcheck90 (compute-sanitizer); ~2 min, the check of a kernel edit
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
 #   probe      scripts/probe_cxx_strings.py: which ways of building a message survive in a C++ extension here
+#   persisttoy scripts/ab_persistent_toy.py: does a persistent (flattened) program loop cut the fixed cost per
+#              program of masked attention? (toy, vit_b B=8 global shape, 64-row tiles, k = 4..64 key blocks)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -149,6 +151,7 @@ for stage in "${STAGES[@]}"; do
       cp "$tune/triton/autotune.json" "$OUT/autotune_recorded.json" ;;
     cuda) run cuda 300 bash scripts/check_cuda_gpu.sh --only build,bench ;;
     probe) run probe 300 "$PY" scripts/probe_cxx_strings.py ;;
+    persisttoy) run persisttoy 300 "$PY" scripts/ab_persistent_toy.py ;;
     ncu)
       if command -v ncu >/dev/null; then
         run ncu 300 ncu --profile-from-start off --clock-control none --nvtx --section SpeedOfLight \

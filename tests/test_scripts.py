@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ SH_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 GPU_ONLY = {
     "first_call_encoder.py", "profile_encoder.py", "profile_kernels.py", "profile_host.py", "cuda_memcheck_case.py",
     "bench_linear_act.py", "sweep_window_configs.py", "sweep_maxnreg.py", "check_wgmma_serialization.py",
-    "ab_fixed_offset.py", "bench_batch_scaling.py", "bench_terms.py", "bench_step_cost.py",
+    "ab_fixed_offset.py", "bench_batch_scaling.py", "bench_terms.py", "bench_step_cost.py", "ab_persistent_toy.py",
 }
 
 
@@ -139,3 +140,14 @@ def test_cuda_kernel_resources_reads_every_kernel_of_a_unit():
     for row in rows:
         assert row[0] == "90a" and row[1].startswith("attn_fwd_sm90_kernel<bf16,")
         assert 64 <= int(row[-4]) <= 255, row  # registers
+
+
+def test_persistent_toy_variants_match_the_reference_under_the_interpreter():
+    """scripts/ab_persistent_toy.py checks its three loop structures against a float32 reference before it times
+    them; the same check on the CPU (Triton interpreter, tiny sizes) keeps the toy honest between GPU runs."""
+    proc = _run([sys.executable, str(ROOT / "scripts" / "ab_persistent_toy.py"), "--check-only", "--device", "cpu",
+                 "--steps", "1,4"], env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for variant in ("grid", "persist", "persist+flat"):
+        assert f"check {variant}" in proc.stdout
+

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Does a persistent, flattened program loop cut the fixed cost per program of masked attention? (toy A/B)
+
+A masked global call costs t(k) = t0 + s k for k key blocks per query block; on the H200 the intercept
+t0 is ~50 us of the kernel's own (vit_b B=8, Triton NOTES) and is what keeps sparse calls from scaling with
+density. Before building it into the real kernel, this toy measures the idea in isolation: the same
+block-sparse attention loop (online softmax in exp2, bf16 in, fp32 accumulation, no bias) as
+
+- ``grid``: one program per query tile (the shipped kernels' structure);
+- ``persist``: a persistent grid (programs = SMs x --per-sm) looping over tiles;
+- ``persist+flat``: the same with ``tl.range(..., flatten=True)``, which lets Triton pipeline across tiles
+  (it only flattens a loop-invariant inner bound: every tile runs the same k steps, as SAM's recipes
+  give; see scripts/probe_triton_flatten.py).
+
+For k in --steps it times each variant (triton.testing.do_bench, median), fits t = t0 + s k per variant
+and prints the table and the fits; every variant is first checked against a float32 reference.
+
+    PYTHONPATH=. python scripts/ab_persistent_toy.py [--bh 96] [--n 4096] [--d 64] [--steps 4,8,16,32,64]
+    TRITON_INTERPRET=1 python scripts/ab_persistent_toy.py --check-only --device cpu   # correctness only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+
+def build_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def toy_attention(Q, K, V, O, IDX, n_tiles, tiles_per_bh, n_steps, qk_scale,
+                      PERSIST: tl.constexpr, FLAT: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
+                      BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr):
+        offs_m = tl.arange(0, BM)
+        offs_n = tl.arange(0, BN)
+        offs_d = tl.arange(0, D)
+        if PERSIST:
+            first, stride = tl.program_id(0), tl.num_programs(0)
+        else:
+            first, stride = tl.program_id(0), n_tiles
+        for tile in tl.range(first, n_tiles, stride, flatten=FLAT):
+            bh = tile // tiles_per_bh
+            qb = tile % tiles_per_bh
+            base = bh.to(tl.int64) * N * D
+            q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
+            m_i = tl.full([BM], -float("inf"), tl.float32)
+            l_i = tl.zeros([BM], tl.float32)
+            acc = tl.zeros([BM, D], tl.float32)
+            for t in tl.range(0, n_steps):
+                j = tl.load(IDX + tile * KMAX + t)
+                rows = (j * BN + offs_n)[:, None] * D + offs_d[None, :]
+                k = tl.load(K + base + rows)
+                v = tl.load(V + base + rows)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.exp2(s - m_new[:, None])
+                alpha = tl.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            out = acc / l_i[:, None]
+            tl.store(O + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty))
+
+    return toy_attention
+
+
+VARIANTS = {"grid": (False, False), "persist": (True, False), "persist+flat": (True, True)}
+
+
+def key_ids(bh: int, mq: int, mk: int, steps: int, kmax: int, seed: int, device) -> torch.Tensor:
+    """[bh * mq, kmax] int32: per query tile, `steps` distinct key blocks (random order), padded with 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(bh * mq, kmax, dtype=torch.int32)
+    ids[:, :steps] = torch.rand(bh * mq, mk, generator=g).argsort(dim=1)[:, :steps].to(torch.int32)
+    return ids.to(device)
+
+
+def reference(q, k, v, ids, steps, bm, bn, scale) -> torch.Tensor:
+    bh, n, d = q.shape
+    mq = n // bm
+    allowed = torch.zeros(bh, mq, n // bn, dtype=torch.bool)
+    tiles = ids.view(bh, mq, -1)[..., :steps].long().cpu()
+    allowed.scatter_(2, tiles, True)
+    mask = allowed.repeat_interleave(bm, 1).repeat_interleave(bn, 2).to(q.device)
+    s = (q.float() @ k.float().transpose(1, 2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v.float()
+
+
+def run(kernel, variant, q, k, v, o, ids, steps, bm, bn, per_sm, num_warps, num_stages):
+    persist, flat = VARIANTS[variant]
+    bh, n, d = q.shape
+    mq = n // bm
+    n_tiles = bh * mq
+    if persist:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
+        grid = (min(n_tiles, sms * per_sm),)
+    else:
+        grid = (n_tiles,)
+    kernel[grid](q, k, v, o, ids, n_tiles, mq, steps, d ** -0.5 * 1.4426950408889634,
+                 PERSIST=persist, FLAT=flat, N=n, BM=bm, BN=bn, D=d, KMAX=ids.shape[1],
+                 num_warps=num_warps, num_stages=num_stages)
+    return o
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bh", type=int, default=96, help="batch x heads (vit_b B=8: 96)")
+    ap.add_argument("--n", type=int, default=4096, help="tokens (SAM's global blocks: 4096)")
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--bm", type=int, default=64, help="query rows per tile (SAM's 1x64 recipes: 64)")
+    ap.add_argument("--bn", type=int, default=64)
+    ap.add_argument("--steps", default="4,8,16,32,64", help="key blocks per query tile")
+    ap.add_argument("--per-sm", type=int, default=3, help="persistent programs per SM")
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--check-only", action="store_true", help="correctness of every variant, no timing")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("ab_persistent_toy.py needs a CUDA GPU (or --check-only --device cpu under TRITON_INTERPRET=1)",
+              file=sys.stderr)
+        return 2
+    if args.check_only and args.device == "cpu":  # a size the interpreter runs in seconds
+        args.bh, args.n, args.bm, args.bn, args.d = 2, 128, 32, 32, 32
+    kernel = build_kernel()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(args.bh, args.n, args.d, generator=g).to(dev, dtype) for _ in range(3))
+    o = torch.empty_like(q)
+    mq, mk = args.n // args.bm, args.n // args.bn
+    steps_list = [s for s in (int(x) for x in args.steps.split(",")) if s <= mk] or [mk]
+    # correctness: every variant at the smallest and largest k
+    worst = 0.0
+    for steps in sorted({steps_list[0], steps_list[-1]}):
+        ids = key_ids(args.bh, mq, mk, steps, mk, steps, dev)
+        ref = reference(q, k, v, ids, steps, args.bm, args.bn, args.d ** -0.5)
+        for variant in VARIANTS:
+            out = run(kernel, variant, q, k, v, o, ids, steps, args.bm, args.bn, args.per_sm, args.warps, args.stages)
+            err = float((out.float() - ref).abs().max() / ref.abs().max())
+            worst = max(worst, err)
+            print(f"check {variant:13s} k={steps:3d}: max rel err {err:.2e}")
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    if worst > tol:
+        print(f"FAILED: max rel err {worst:.2e} > {tol}", file=sys.stderr)
+        return 1
+    if args.check_only:
+        return 0
+    from triton.testing import do_bench
+
+    times = {variant: [] for variant in VARIANTS}
+    print(f"\n{torch.cuda.get_device_name(dev)}; bh={args.bh} n={args.n} d={args.d} tiles {args.bm}x{args.bn}; "
+          f"persistent programs = SMs x {args.per_sm}; ms (median)")
+    print("k     " + "".join(f"{v:>14s}" for v in VARIANTS))
+    for steps in steps_list:
+        ids = key_ids(args.bh, mq, mk, steps, mk, steps, dev)
+        row = []
+        for variant in VARIANTS:
+            ms = do_bench(lambda: run(kernel, variant, q, k, v, o, ids, steps, args.bm, args.bn, args.per_sm,
+                                      args.warps, args.stages), rep=100)
+            times[variant].append(ms)
+            row.append(ms)
+        print(f"{steps:<6d}" + "".join(f"{t:14.4f}" for t in row))
+    if len(steps_list) >= 2:
+        print("\nfit t = t0 + s k (least squares):")
+        for variant, ts in times.items():
+            slope, t0 = statistics.linear_regression(steps_list, ts)
+            print(f"  {variant:13s} t0 = {t0 * 1e3:7.1f} us, s = {slope * 1e3:6.2f} us per key block")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
