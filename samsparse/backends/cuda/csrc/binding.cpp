@@ -28,14 +28,17 @@
 namespace samsparse {
 namespace {
 
-// A refusal's reason, built with std::string and std::to_string only: on the H200 machine (torch 2.11)
-// a message that streamed a number through c10::str (std::ostringstream) killed the process.
+// A refusal's reason, built with std::string and std::to_string only (no ostream: see the top of the file).
 inline void append_to(std::string& s, const char* v) { s += v; }
 inline void append_to(std::string& s, const std::string& v) { s += v; }
 inline void append_to(std::string& s, double v) { s += std::to_string(v); }
 inline void append_to(std::string& s, at::ScalarType v) { s += c10::toString(v); }
 inline void append_to(std::string& s, const c10::Device& v) {
-  s += v.is_cuda() ? "cuda:" + std::to_string(static_cast<int>(v.index())) : (v.is_cpu() ? std::string("cpu") : std::string("another device"));
+  if (v.is_cuda()) {
+    s += "cuda:" + std::to_string(static_cast<int>(v.index()));
+  } else {
+    s += v.is_cpu() ? "cpu" : "another device";
+  }
 }
 template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
 inline void append_to(std::string& s, T v) {
