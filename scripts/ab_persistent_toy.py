@@ -33,9 +33,11 @@ def build_kernel():
     import triton.language as tl
 
     @triton.jit
-    def toy_attention(Q, K, V, O, IDX, n_tiles, tiles_per_bh, n_steps, qk_scale,
+    def toy_attention(Q, K, V, O, IDX, NUM, n_tiles, tiles_per_bh, n_steps, qk_scale,
                       PERSIST: tl.constexpr, FLAT: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
-                      BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr):
+                      BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr, COUNT_LOADED: tl.constexpr = False):
+        # COUNT_LOADED: each tile's step count read from NUM[tile] (a masked call's form; Triton then does
+        # not flatten the nest, see scripts/probe_triton_flatten.py) instead of the argument n_steps
         offs_m = tl.arange(0, BM)
         offs_n = tl.arange(0, BN)
         offs_d = tl.arange(0, D)
@@ -48,10 +50,13 @@ def build_kernel():
             qb = tile % tiles_per_bh
             base = bh.to(tl.int64) * N * D
             q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
+            steps = n_steps
+            if COUNT_LOADED:
+                steps = tl.load(NUM + tile)
             m_i = tl.full([BM], -float("inf"), tl.float32)
             l_i = tl.zeros([BM], tl.float32)
             acc = tl.zeros([BM, D], tl.float32)
-            for t in tl.range(0, n_steps):
+            for t in tl.range(0, steps):
                 j = tl.load(IDX + tile * KMAX + t)
                 rows = (j * BN + offs_n)[:, None] * D + offs_d[None, :]
                 k = tl.load(K + base + rows)
@@ -102,7 +107,7 @@ def run(kernel, variant, q, k, v, o, ids, steps, bm, bn, per_sm, num_warps, num_
         grid = (min(n_tiles, sms * per_sm),)
     else:
         grid = (n_tiles,)
-    kernel[grid](q, k, v, o, ids, n_tiles, mq, steps, d ** -0.5 * 1.4426950408889634,
+    kernel[grid](q, k, v, o, ids, ids, n_tiles, mq, steps, d ** -0.5 * 1.4426950408889634,
                  PERSIST=persist, FLAT=flat, N=n, BM=bm, BN=bn, D=d, KMAX=ids.shape[1],
                  num_warps=num_warps, num_stages=num_stages)
     return o

@@ -5,16 +5,16 @@ A persistent kernel for masked calls (one program running query tiles back to ba
 loads overlap the current tile's last steps) is the remaining idea for the per-program fixed cost that
 keeps sparse calls from scaling with density (samsparse/backends/triton/NOTES.md). Triton flattens a
 loop nest into one software-pipelined loop when asked (``flatten=True`` on the outer loop). This script
-compiles a toy persistent block-sparse attention loop (online softmax, key-block ids per tile, store
-after the inner loop) for sm_90 twice, with and without ``flatten``, for two inner trip counts: one loaded
+compiles the toy persistent block-sparse attention loop of scripts/ab_persistent_toy.py (online softmax,
+key-block ids per tile, store after the inner loop) for sm_90 twice, with and without ``flatten``, for two inner trip counts: one loaded
 per tile from the mask (``kv_num[tile]``, what a masked call has) and one passed as a kernel argument (a
 uniform bound, e.g. the mask's longest row), and says whether flattening changed the PTX.
 
     python scripts/probe_triton_flatten.py
 
 Run offline (2026-12-03) with Triton 3.6.0 (the GPU machines') and 3.8.0: the PTX is identical with and
-without ``flatten`` when the trip count is loaded per tile, and changes (2632 -> 2934 lines on 3.6, 4115 ->
-4545 on 3.8) when it is an argument: Triton transforms the nest only with a loop-invariant bound, so a
+without ``flatten`` when the trip count is loaded per tile, and changes (1962 -> 2181 lines on 3.6, 2991 ->
+3274 on 3.8) when it is an argument: Triton transforms the nest only with a loop-invariant bound, so a
 persistent masked kernel would run every tile to a common bound (no idle steps for SAM's recipes, whose
 query blocks all read the same number of key blocks; idle, masked steps for ragged masks). Whether the
 flattened loop overlaps one tile's epilogue with the next tile's loads is a GPU question.
@@ -24,54 +24,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
-def build_toy():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def toy(Q, K, V, O, NUM, IDX, n_tiles, n_bound, FLAT: tl.constexpr, BOUND_ARG: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, MK: tl.constexpr):
-        pid = tl.program_id(0)
-        nprog = tl.num_programs(0)
-        offs_m = tl.arange(0, BM)
-        offs_n = tl.arange(0, BN)
-        offs_d = tl.arange(0, D)
-        for tile in tl.range(pid, n_tiles, nprog, flatten=FLAT):
-            q = tl.load(Q + (tile * BM + offs_m)[:, None] * D + offs_d[None, :])
-            n = tl.load(NUM + tile)
-            if BOUND_ARG:
-                n = n_bound
-            m_i = tl.full([BM], -float("inf"), tl.float32)
-            l_i = tl.zeros([BM], tl.float32)
-            acc = tl.zeros([BM, D], tl.float32)
-            for t in tl.range(0, n):
-                j = tl.load(IDX + tile * MK + t)
-                k = tl.load(K + (j * BN + offs_n)[:, None] * D + offs_d[None, :])
-                v = tl.load(V + (j * BN + offs_n)[:, None] * D + offs_d[None, :])
-                s = tl.dot(q, tl.trans(k))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp2(s - m_new[:, None])
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16), v)
-                m_i = m_new
-            tl.store(O + (tile * BM + offs_m)[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(tl.bfloat16))
-
-    return toy
-
-
-def compile_ptx(toy, flat: bool, bound_arg: bool, arch: int) -> str:
+def compile_ptx(flat: bool, count_loaded: bool, arch: int) -> str:
+    """PTX of scripts/ab_persistent_toy.py's persistent kernel (64-row tiles, d = 64, bf16) for sm_<arch>."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "NUM": "*i32", "IDX": "*i32", "n_tiles": "i32",
-           "n_bound": "i32", "FLAT": "constexpr", "BOUND_ARG": "constexpr", "BM": "constexpr", "BN": "constexpr",
-           "D": "constexpr", "MK": "constexpr"}
-    src = ASTSource(fn=toy, signature=sig,
-                    constexprs={"FLAT": flat, "BOUND_ARG": bound_arg, "BM": 128, "BN": 64, "D": 64, "MK": 64})
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ab_persistent_toy import build_kernel
+
+    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "NUM": "*i32", "n_tiles": "i32",
+           "tiles_per_bh": "i32", "n_steps": "i32", "qk_scale": "fp32", "PERSIST": "constexpr", "FLAT": "constexpr",
+           "N": "constexpr", "BM": "constexpr", "BN": "constexpr", "D": "constexpr", "KMAX": "constexpr",
+           "COUNT_LOADED": "constexpr"}
+    src = ASTSource(fn=build_kernel(), signature=sig,
+                    constexprs={"PERSIST": True, "FLAT": flat, "N": 4096, "BM": 64, "BN": 64, "D": 64, "KMAX": 64,
+                                "COUNT_LOADED": count_loaded})
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 3})
     return kernel.asm["ptx"]
 
@@ -85,11 +56,10 @@ def main(argv=None) -> int:
     except ImportError:
         print("probe_triton_flatten.py needs triton", file=sys.stderr)
         return 2
-    toy = build_toy()
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    for bound_arg, what in ((False, "trip count loaded per tile"), (True, "trip count a kernel argument")):
-        plain = compile_ptx(toy, False, bound_arg, args.arch)
-        flat = compile_ptx(toy, True, bound_arg, args.arch)
+    for loaded, what in ((True, "trip count loaded per tile"), (False, "trip count a kernel argument")):
+        plain = compile_ptx(False, loaded, args.arch)
+        flat = compile_ptx(True, loaded, args.arch)
         verdict = "flattened (PTX differs)" if plain != flat else "not flattened (same PTX)"
         print(f"{what:30s} {len(plain.splitlines()):5d} -> {len(flat.splitlines()):5d} PTX lines: {verdict}")
     return 0
