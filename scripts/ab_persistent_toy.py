@@ -97,17 +97,18 @@ def reference(q, k, v, ids, steps, bm, bn, scale) -> torch.Tensor:
     return torch.softmax(s, dim=-1) @ v.float()
 
 
-def run(kernel, variant, q, k, v, o, ids, steps, bm, bn, per_sm, num_warps, num_stages):
+def grids(n_tiles: int, device: torch.device, per_sm: int) -> dict[str, tuple[int]]:
+    """Launch grid per variant (computed once, outside the timed calls)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    return {variant: (min(n_tiles, sms * per_sm),) if persist else (n_tiles,)
+            for variant, (persist, _) in VARIANTS.items()}
+
+
+def run(kernel, variant, grid, q, k, v, o, ids, steps, bm, bn, num_warps, num_stages):
     persist, flat = VARIANTS[variant]
     bh, n, d = q.shape
     mq = n // bm
-    n_tiles = bh * mq
-    if persist:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
-        grid = (min(n_tiles, sms * per_sm),)
-    else:
-        grid = (n_tiles,)
-    kernel[grid](q, k, v, o, ids, ids, n_tiles, mq, steps, d ** -0.5 * 1.4426950408889634,
+    kernel[grid](q, k, v, o, ids, ids, bh * mq, mq, steps, d ** -0.5 * 1.4426950408889634,
                  PERSIST=persist, FLAT=flat, N=n, BM=bm, BN=bn, D=d, KMAX=ids.shape[1],
                  num_warps=num_warps, num_stages=num_stages)
     return o
@@ -141,13 +142,14 @@ def main(argv=None) -> int:
     o = torch.empty_like(q)
     mq, mk = args.n // args.bm, args.n // args.bn
     steps_list = [s for s in (int(x) for x in args.steps.split(",")) if s <= mk] or [mk]
+    grid = grids(args.bh * mq, dev, args.per_sm)
     # correctness: every variant at the smallest and largest k
     worst = 0.0
     for steps in sorted({steps_list[0], steps_list[-1]}):
         ids = key_ids(args.bh, mq, mk, steps, mk, steps, dev)
         ref = reference(q, k, v, ids, steps, args.bm, args.bn, args.d ** -0.5)
         for variant in VARIANTS:
-            out = run(kernel, variant, q, k, v, o, ids, steps, args.bm, args.bn, args.per_sm, args.warps, args.stages)
+            out = run(kernel, variant, grid[variant], q, k, v, o, ids, steps, args.bm, args.bn, args.warps, args.stages)
             err = float((out.float() - ref).abs().max() / ref.abs().max())
             worst = max(worst, err)
             print(f"check {variant:13s} k={steps:3d}: max rel err {err:.2e}")
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
         ids = key_ids(args.bh, mq, mk, steps, mk, steps, dev)
         row = []
         for variant in VARIANTS:
-            ms = do_bench(lambda: run(kernel, variant, q, k, v, o, ids, steps, args.bm, args.bn, args.per_sm,
+            ms = do_bench(lambda: run(kernel, variant, grid[variant], q, k, v, o, ids, steps, args.bm, args.bn,
                                       args.warps, args.stages), rep=100)
             times[variant].append(ms)
             row.append(ms)
