@@ -58,7 +58,8 @@
 #   ncu        Nsight Compute sections of one call of each kernel (scripts/profile_kernels.py)
 #   probe      scripts/probe_cxx_strings.py: which ways of building a message survive in a C++ extension here
 #   persisttoy scripts/ab_persistent_toy.py: does a persistent (flattened) program loop cut the fixed cost per
-#              program of masked attention? (toy, vit_b B=8 global shape, 64-row tiles, k = 4..64 key blocks)
+#              program of masked attention? (toy, vit_b B=8 global shape, 64-row tiles, k = 4..64 key blocks;
+#              measured on the H200 in the nineteenth session: no, see Triton NOTES)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
