@@ -30,83 +30,81 @@ import statistics
 import sys
 
 import torch
+import triton
+import triton.language as tl
 
 
-def build_kernel():
-    import triton
-    import triton.language as tl
+@triton.jit
+def toy_step(q, K, V, IDX, base, tile, t, m_i, l_i, acc, offs_n, offs_d, qk_scale,
+         BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr):
+    """One key block of a tile: the online softmax update of (m_i, l_i, acc)."""
+    j = tl.load(IDX + tile * KMAX + t)
+    rows = (j * BN + offs_n)[:, None] * D + offs_d[None, :]
+    k = tl.load(K + base + rows)
+    v = tl.load(V + base + rows)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
 
-    @triton.jit
-    def toy_attention(Q, K, V, O, IDX, NUM, n_tiles, tiles_per_bh, n_steps, qk_scale,
-                      PERSIST: tl.constexpr, FLAT: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
-                      BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr, COUNT_LOADED: tl.constexpr = False,
-                      MANUAL: tl.constexpr = False):
-        # COUNT_LOADED: each tile's step count read from NUM[tile] (a masked call's form; Triton then does
-        # not flatten the nest, see scripts/probe_triton_flatten.py) instead of the argument n_steps
-        offs_m = tl.arange(0, BM)
-        offs_n = tl.arange(0, BN)
-        offs_d = tl.arange(0, D)
-        if PERSIST:
-            first, stride = tl.program_id(0), tl.num_programs(0)
-        else:
-            first, stride = tl.program_id(0), n_tiles
-        if MANUAL:  # the nest flattened by hand: one loop over this program's (tile, step) pairs
-            mine = tl.cdiv(n_tiles - first, stride)
-            q = tl.zeros([BM, D], Q.dtype.element_ty)
-            m_i = tl.full([BM], -float("inf"), tl.float32)
-            l_i = tl.zeros([BM], tl.float32)
-            acc = tl.zeros([BM, D], tl.float32)
-            for it in tl.range(0, mine * n_steps):
-                t = it % n_steps
-                tile = first + (it // n_steps) * stride
-                bh = tile // tiles_per_bh
-                qb = tile % tiles_per_bh
-                base = bh.to(tl.int64) * N * D
-                if t == 0:  # a new tile: its Q, and a running max of -inf so alpha = 0 clears l_i and acc
-                    q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
-                    m_i = tl.full([BM], -float("inf"), tl.float32)
-                j = tl.load(IDX + tile * KMAX + t)
-                rows = (j * BN + offs_n)[:, None] * D + offs_d[None, :]
-                k = tl.load(K + base + rows)
-                v = tl.load(V + base + rows)
-                s = tl.dot(q, tl.trans(k)) * qk_scale
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp2(s - m_new[:, None])
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-                if t == n_steps - 1:
-                    out = acc / l_i[:, None]
-                    tl.store(O + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :],
-                             out.to(O.dtype.element_ty))
-            return
-        for tile in tl.range(first, n_tiles, stride, flatten=FLAT):
+
+@triton.jit
+def toy_attention(Q, K, V, O, IDX, NUM, n_tiles, tiles_per_bh, n_steps, qk_scale,
+                  PERSIST: tl.constexpr, FLAT: tl.constexpr, N: tl.constexpr, BM: tl.constexpr,
+                  BN: tl.constexpr, D: tl.constexpr, KMAX: tl.constexpr, COUNT_LOADED: tl.constexpr = False,
+                  MANUAL: tl.constexpr = False):
+    # COUNT_LOADED: each tile's step count read from NUM[tile] (a masked call's form; Triton then does
+    # not flatten the nest, see scripts/probe_triton_flatten.py) instead of the argument n_steps
+    offs_m = tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    offs_d = tl.arange(0, D)
+    if PERSIST:
+        first, stride = tl.program_id(0), tl.num_programs(0)
+    else:
+        first, stride = tl.program_id(0), n_tiles
+    if MANUAL:  # the nest flattened by hand: one loop over this program's (tile, step) pairs
+        mine = tl.cdiv(n_tiles - first, stride)
+        q = tl.zeros([BM, D], Q.dtype.element_ty)
+        m_i = tl.full([BM], -float("inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, D], tl.float32)
+        for it in tl.range(0, mine * n_steps):
+            t = it % n_steps
+            tile = first + (it // n_steps) * stride
             bh = tile // tiles_per_bh
             qb = tile % tiles_per_bh
             base = bh.to(tl.int64) * N * D
-            q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
-            steps = n_steps
-            if COUNT_LOADED:
-                steps = tl.load(NUM + tile)
-            m_i = tl.full([BM], -float("inf"), tl.float32)
-            l_i = tl.zeros([BM], tl.float32)
-            acc = tl.zeros([BM, D], tl.float32)
-            for t in tl.range(0, steps):
-                j = tl.load(IDX + tile * KMAX + t)
-                rows = (j * BN + offs_n)[:, None] * D + offs_d[None, :]
-                k = tl.load(K + base + rows)
-                v = tl.load(V + base + rows)
-                s = tl.dot(q, tl.trans(k)) * qk_scale
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp2(s - m_new[:, None])
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-            out = acc / l_i[:, None]
-            tl.store(O + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty))
+            if t == 0:  # a new tile: its Q, and a running max of -inf so alpha = 0 clears l_i and acc
+                q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
+                m_i = tl.full([BM], -float("inf"), tl.float32)
+            m_i, l_i, acc = toy_step(q, K, V, IDX, base, tile, t, m_i, l_i, acc, offs_n, offs_d, qk_scale, BN, D, KMAX)
+            if t == n_steps - 1:
+                out = acc / l_i[:, None]
+                tl.store(O + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :],
+                         out.to(O.dtype.element_ty))
+        return
+    for tile in tl.range(first, n_tiles, stride, flatten=FLAT):
+        bh = tile // tiles_per_bh
+        qb = tile % tiles_per_bh
+        base = bh.to(tl.int64) * N * D
+        q = tl.load(Q + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :])
+        steps = n_steps
+        if COUNT_LOADED:
+            steps = tl.load(NUM + tile)
+        m_i = tl.full([BM], -float("inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, D], tl.float32)
+        for t in tl.range(0, steps):
+            m_i, l_i, acc = toy_step(q, K, V, IDX, base, tile, t, m_i, l_i, acc, offs_n, offs_d, qk_scale, BN, D, KMAX)
+        out = acc / l_i[:, None]
+        tl.store(O + base + (qb * BM + offs_m)[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty))
 
+
+def build_kernel():
+    """The toy kernel (a function so that scripts/probe_triton_flatten.py compiles the same one)."""
     return toy_attention
 
 
