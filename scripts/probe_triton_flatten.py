@@ -36,13 +36,13 @@ def compile_ptx(flat: bool, count_loaded: bool, arch: int) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ab_persistent_toy import build_kernel
 
-    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "NUM": "*i32", "n_tiles": "i32",
-           "tiles_per_bh": "i32", "n_steps": "i32", "qk_scale": "fp32", "PERSIST": "constexpr", "FLAT": "constexpr",
-           "N": "constexpr", "BM": "constexpr", "BN": "constexpr", "D": "constexpr", "KMAX": "constexpr",
-           "COUNT_LOADED": "constexpr"}
-    src = ASTSource(fn=build_kernel(), signature=sig,
-                    constexprs={"PERSIST": True, "FLAT": flat, "N": 4096, "BM": 64, "BN": 64, "D": 64, "KMAX": 64,
-                                "COUNT_LOADED": count_loaded})
+    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "NUM": "*i32", "RELW": "*bf16",
+           "RELH": "*bf16", "LSE": "*fp32", "n_tiles": "i32", "tiles_per_bh": "i32", "n_steps": "i32",
+           "qk_scale": "fp32"}
+    constexprs = {"PERSIST": True, "FLAT": flat, "N": 4096, "BM": 64, "BN": 64, "D": 64, "KMAX": 64,
+                  "COUNT_LOADED": count_loaded}
+    sig.update({name: "constexpr" for name in constexprs})
+    src = ASTSource(fn=build_kernel(), signature=sig, constexprs=constexprs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 3})
     return kernel.asm["ptx"]
 

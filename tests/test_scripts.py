@@ -143,11 +143,12 @@ def test_cuda_kernel_resources_reads_every_kernel_of_a_unit():
 
 
 def test_persistent_toy_variants_match_the_reference_under_the_interpreter():
-    """scripts/ab_persistent_toy.py checks its four loop structures against a float32 reference before it times
-    them; the same check on the CPU (Triton interpreter, tiny sizes) keeps the toy honest between GPU runs."""
+    """scripts/ab_persistent_toy.py checks its loop structures and prologue variants (rel-pos bias, id row, LSE)
+    against a float32 reference before it times them; the same check on the CPU (Triton interpreter, tiny
+    sizes) keeps the toy honest between GPU runs."""
     proc = _run([sys.executable, str(ROOT / "scripts" / "ab_persistent_toy.py"), "--check-only", "--device", "cpu",
-                 "--steps", "1,4"], env=dict(os.environ, TRITON_INTERPRET="1"))
+                 "--steps", "1,4", "--set", "all"], env=dict(os.environ, TRITON_INTERPRET="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for variant in ("grid", "persist", "persist+flat", "persist+manual"):
+    for variant in ("grid", "persist", "persist+flat", "persist+manual", "+relw", "+relw+relh", "+ids row", "+lse"):
         assert f"check {variant} " in proc.stdout
 
