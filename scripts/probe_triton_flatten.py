@@ -42,7 +42,9 @@ def compile_ptx(flat: bool, count_loaded: bool, arch: int) -> str:
     constexprs = {"PERSIST": True, "FLAT": flat, "N": 4096, "BM": 64, "BN": 64, "D": 64, "KMAX": 64,
                   "COUNT_LOADED": count_loaded}
     sig.update({name: "constexpr" for name in constexprs})
-    src = ASTSource(fn=build_kernel(), signature=sig, constexprs=constexprs)
+    # pointers 16-byte aligned, as Triton's launcher specializes them at run time (without it nothing is pipelined)
+    aligned = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(sig.values()) if kind.startswith("*")}
+    src = ASTSource(fn=build_kernel(), signature=sig, constexprs=constexprs, attrs=aligned)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 3})
     return kernel.asm["ptx"]
 
