@@ -60,6 +60,8 @@
 #   persisttoy scripts/ab_persistent_toy.py: does a persistent (flattened) program loop cut the fixed cost per
 #              program of masked attention? (toy, vit_b B=8 global shape, 64-row tiles, k = 4..64 key blocks;
 #              measured on the H200 in the nineteenth session: no, see Triton NOTES)
+#   prologuetoy the same toy, one program per tile, with the shipped masked kernel's per-tile extras added one
+#              at a time (width tile, height term, id row, LSE): where the masked intercept comes from
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -153,6 +155,7 @@ for stage in "${STAGES[@]}"; do
     cuda) run cuda 300 bash scripts/check_cuda_gpu.sh --only build,bench ;;
     probe) run probe 300 "$PY" scripts/probe_cxx_strings.py ;;
     persisttoy) run persisttoy 300 "$PY" scripts/ab_persistent_toy.py ;;
+    prologuetoy) run prologuetoy 300 "$PY" scripts/ab_persistent_toy.py --set prologue ;;
     ncu)
       if command -v ncu >/dev/null; then
         run ncu 300 ncu --profile-from-start off --clock-control none --nvtx --section SpeedOfLight \
