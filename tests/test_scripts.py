@@ -151,4 +151,3 @@ def test_persistent_toy_variants_match_the_reference_under_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for variant in ("grid", "persist", "persist+flat", "persist+manual", "+relw", "+relw+relh", "+ids row", "+lse"):
         assert f"check {variant} " in proc.stdout
-
