@@ -512,9 +512,9 @@ def test_kernel_unit_compiles(tmp_path, unit, arch):
         # ptxas -v: per kernel "Compiling entry function '<name>'", then its spill line
         blocks = proc.stderr.split("Compiling entry function")[1:]
         hopper = [b for b in blocks if "attn_fwd_sm90_kernel" in b.split("\n", 1)[0]]
-        # no bias and run-64 bias; tiles m64w4 and m128w8 with the fixed-offset and the running-max softmax,
-        # m128w4 with the running max
-        assert len(hopper) == 10, "the Hopper kernel: 2 bias modes x 5 (tile, softmax) variants"
+        # no bias and run-64 bias; tiles m64w4, m128w8 and m128w4, each with the fixed-offset and the
+        # running-max softmax
+        assert len(hopper) == 12, "the Hopper kernel: 2 bias modes x 6 (tile, softmax) variants"
         for b in hopper:
             spill = int(re.search(r"(\d+) bytes spill stores", b).group(1))
             assert spill <= 96, b[:600]  # d = 80 run-64 on m128w8 tiles, running max: 8 B (nvcc 13.0)
@@ -788,14 +788,17 @@ def test_gpu_wgmma_matches_reference(case, tile, monkeypatch):
 @gpu
 @needs_hopper
 @pytest.mark.parametrize("case", WGMMA_CASES, ids=[c.id for c in WGMMA_CASES])
-def test_gpu_wgmma_softmax_modes(case, monkeypatch):
+@pytest.mark.parametrize("tile", ["", "m128w4"])
+def test_gpu_wgmma_softmax_modes(case, tile, monkeypatch):
     """The Hopper kernel's running-max softmax (SAMSPARSE_CUDA_FIXED_OFFSET=0) and the fixed-offset pass
     followed by a forced second pass in every CTA (=redo) both match the reference; the forced second pass
-    is the running-max pass, bit for bit (so the restart leaves no state behind)."""
+    is the running-max pass, bit for bit (so the restart leaves no state behind). On the default tiles and
+    on m128w4 (two 64-row blocks per warpgroup, its own fixed-offset step)."""
     from samsparse.backends.cuda import CudaBackend
 
     cb = CudaBackend()
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, tile)
     outs = {}
     for mode in ("0", "redo"):
         monkeypatch.setenv(ops.FIXED_OFFSET_ENV, mode)

@@ -134,9 +134,9 @@ def test_cuda_kernel_resources_reads_every_kernel_of_a_unit():
                  "--filter", "sm90"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [ln.split() for ln in proc.stdout.splitlines()[1:] if ln.strip()]
-    # no bias / run-64 bias x (m64w4, m128w8) x (fixed offset, running max) + m128w4 (running max)
-    assert len(rows) == 10, proc.stdout
-    assert len({" ".join(r[1:-4]) for r in rows}) == 10, proc.stdout  # names tell the variants apart
+    # no bias / run-64 bias x (m64w4, m128w8, m128w4) x (fixed offset, running max)
+    assert len(rows) == 12, proc.stdout
+    assert len({" ".join(r[1:-4]) for r in rows}) == 12, proc.stdout  # names tell the variants apart
     for row in rows:
         assert row[0] == "90a" and row[1].startswith("attn_fwd_sm90_kernel<bf16,")
         assert 64 <= int(row[-4]) <= 255, row  # registers

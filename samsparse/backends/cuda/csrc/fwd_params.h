@@ -27,8 +27,7 @@ enum WgmmaTile : int {
   kWgmmaM128W4 = 3,  // one warpgroup, two 64-row blocks
 };
 
-// Softmax of the Hopper kernel's one-block-per-warpgroup tiles (m64w4, m128w8; m128w4 always runs the
-// running max).
+// Softmax of the Hopper kernel (every tile).
 enum SoftmaxMode : int {
   kSoftmaxRunning = 0,    // running max, rescaled output (the mma.sync kernel's softmax)
   kSoftmaxFixed = 1,      // step 0's row max as a fixed offset; CTAs with a row sum >= 2^64 run again (running)

@@ -16,13 +16,13 @@
 //   * S = Q K^T: wgmma m64n64k16, both operands from shared memory (K-major);
 //   * O += P V: wgmma m64nNk16 with P from registers (the S accumulator re-packed, the
 //     same fragment layout as mma.sync) and V from shared memory (MN-major, transposed);
-//   * softmax: by default the fixed offset (m64w4 / m128w8): step 0's row max is every later step's
-//     offset, the row sums come from P x ones on the tensor cores, and CTAs whose sums reach 2^64 are
-//     recomputed by a second launch with the running max (SoftmaxMode, launch); m128w4 and
-//     SAMSPARSE_CUDA_FIXED_OFFSET=0 run the running max (online softmax with rescale);
+//   * softmax: by default the fixed offset: step 0's row max is every later step's offset, the row
+//     sums come from P x ones on the tensor cores, and CTAs whose sums reach 2^64 are recomputed by a
+//     second launch with the running max (SoftmaxMode, launch); SAMSPARSE_CUDA_FIXED_OFFSET=0 runs the
+//     running max (online softmax with rescale);
 //   * run-64 bias: the width term rel_w[q, col] is the same for every key tile, so each thread's
-//     32 values sit in shared memory for the whole loop (float32 at d = 64, packed pairs at d = 80:
-//     WidthTerms); the height term rel_h[q, row] is one value per row and step, added to the
+//     32 values per 64-row block sit in shared memory for the whole loop (float32 at d = 64, packed pairs
+//     at d = 80), or in registers on m128w4 tiles at d = 64 (WidthTerms); the height term rel_h[q, row] is one value per row and step, added to the
 //     row's offset (x = s * scale + rel_w, p = 2^((x + rel_h - m) * log2 e)).
 //
 // Accumulator layout of wgmma m64nN (f32): thread t of the warpgroup (warp w = t / 32,
@@ -50,10 +50,17 @@ template <int kWG, int kMT> struct Rows {
 
 // Where the run-64 width terms live: float32 (kFloat: d = 64) or packed pairs of q's type (d = 80, measured
 // on the H200: pairs 1.763 against float32 1.832 ms at vit_h B = 8, whose larger tiles make shared memory
-// the limit; at d = 64 float32 1.141 against 1.203 ms); bytes per thread, added to Smem::kBytes at launch.
+// the limit; at d = 64 float32 1.141 against 1.203 ms); in shared memory (bytes per thread, added to
+// Smem::kBytes at launch) on the tiles of 2 CTAs x 8 warps or 3 x 4 per SM, whose registers the pipelined
+// products need, and in registers on m128w4 at d = 64 (kRegs: 2 CTAs x 4 warps per SM, up to 255
+// registers, as the Triton kernel's M128 tile keeps them; shared memory then carries only the Q / K / V
+// operands; nvcc 13.0: 250 registers, no spills, with the fixed-offset softmax; at d = 80 they would spill).
 template <int D, int kWG, int kMT> struct WidthTerms {
   static constexpr bool kFloat = D == 64;
-  static constexpr int kBytesPerThread = kMT * (kFloat ? 128 : 64);
+  static constexpr bool kRegs = kMT == 2 && kFloat;
+  static constexpr int kBytesPerThread = kRegs ? 0 : kMT * (kFloat ? 128 : 64);
+  static constexpr int kF4 = kRegs && kFloat ? 8 * kMT : 1;    // float4 registers per thread
+  static constexpr int kU4 = kRegs && !kFloat ? 4 * kMT : 1;   // uint4 registers per thread
 };
 
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
@@ -222,7 +229,7 @@ SAMSPARSE_WG_TYPE(__nv_bfloat16, "bf16")
 #undef SAMSPARSE_WG_D32
 
 // ------------------------------------------------------------------------------ kernel
-// kFixed: the fixed-offset softmax (one 64-row block per warpgroup only); CTAs whose row sums may have
+// kFixed: the fixed-offset softmax; CTAs whose row sums may have
 // overflowed write p.redo_flags[cta] = 1 and no output, and a second launch of the running-max kernel
 // (kFixed = false with p.redo_flags set) computes exactly those CTAs.
 template <typename T, int D, int kBias, int kWG, int kMT, bool kFixed>
@@ -237,7 +244,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   constexpr int NT = kBlockN / 8;    // n8 chunks of S per thread row
   constexpr int DT0 = 8;             // n8 chunks of O in panel 0
   static_assert(kBias == kBiasNone || kBias == kBiasRun64, "the Hopper kernel serves no bias or run-64 bias");
-  constexpr bool kWF = WidthTerms<D, kWG, kMT>::kFloat;
+  using WT = WidthTerms<D, kWG, kMT>;
+  constexpr bool kWF = WT::kFloat;
+  constexpr bool kWR = WT::kRegs;
   constexpr bool kMaySkipRescale = !(kMT == 2 && kBias == kBiasRun64);  // see the rescale below
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -264,7 +273,6 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   const bool dense = p.kv_num == nullptr;
   const int bq = p.bq, bk = p.bk;
   if (qb * bq + qs * kBlockM >= nq) return;  // whole tile past this sequence (uniform)
-  static_assert(!kFixed || kMT == 1, "the fixed-offset softmax serves one 64-row block per warpgroup");
   if constexpr (!kFixed) {
     if (p.redo_flags != nullptr && p.redo_flags[blockIdx.x] == 0) return;  // the fixed-offset pass wrote it
   }
@@ -376,6 +384,17 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   // conflicts); each thread reads only its own entries.
   uint4* sW = reinterpret_cast<uint4*>(smem + S::kW);
   float4* sWf = reinterpret_cast<float4*>(smem + S::kW);
+  // the same entries in registers (kWR: m128w4), indexed as the shared-memory slots without the thread
+  float4 wf_reg[WT::kF4];
+  uint4 wp_reg[WT::kU4];
+  auto width_f4 = [&](int slot) -> float4& {
+    if constexpr (kWR) return wf_reg[slot];
+    else return sWf[slot * kThreads + tid];
+  };
+  auto width_u4 = [&](int slot) -> uint4& {
+    if constexpr (kWR) return wp_reg[slot];
+    else return sW[slot * kThreads + tid];
+  };
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
     rh_base = reinterpret_cast<const uint16_t*>(p.rel_h) + b * p.rh_sb + h * p.rh_sh;
@@ -390,7 +409,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
         for (int q = 0; q < 8; ++q) {
           const int hf = q >> 2, c0 = 16 * (q & 3) + 2 * tq;
-          sWf[(8 * mt + q) * kThreads + tid] =
+          width_f4(8 * mt + q) =
               make_float4(Num<T>::to_float(width_term(mt, hf, c0)), Num<T>::to_float(width_term(mt, hf, c0 + 1)),
                           Num<T>::to_float(width_term(mt, hf, c0 + 8)), Num<T>::to_float(width_term(mt, hf, c0 + 9)));
         }
@@ -405,7 +424,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
             const uint32_t lo = width_term(mt, hf, nt * 8 + 2 * tq), hi = width_term(mt, hf, nt * 8 + 2 * tq + 1);
             w[i] = lo | (hi << 16);
           }
-          sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
+          width_u4(4 * mt + q) = make_uint4(w[0], w[1], w[2], w[3]);
         }
       }
     }
@@ -478,7 +497,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     if constexpr (kBias == kBiasRun64 && kWF) {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
-        const float4 w4 = sWf[(8 * mt + q) * kThreads + tid];
+        const float4 w4 = width_f4(8 * mt + q);
         const int hf = q >> 2, nt = 2 * (q & 3);
         float* x = &s[mt][nt * 4 + 2 * hf];
         x[0] = fmaf(x[0], scale, w4.x);
@@ -489,7 +508,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     } else if constexpr (kBias == kBiasRun64) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const uint4 w4 = sW[(4 * mt + q) * kThreads + tid];
+        const uint4 w4 = width_u4(4 * mt + q);
         const uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -664,25 +683,13 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
       wg_wait<0>();
       fence_out(0);
     }
-    if constexpr (kFixed) {
-      // accl holds each row's sum of P in all four threads of the row (finish_row adds the four: a
-      // quarter each, exact). A row whose sum reached 2^64 (a logit ~44 nats above step 0's maximum)
-      // may have overflowed: the CTA leaves its tile to the second launch (running max).
-      bool redo = p.softmax_mode == kSoftmaxFixedRedo;
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        row_l[0][hf] = accl[0][2 * hf] * 0.25f;
-        if (qtok[0][hf] >= 0 && !(accl[0][2 * hf] < 0x1p64f)) redo = true;
-      }
-      redo = __syncthreads_or(redo);
-      if (tid == 0) p.redo_flags[blockIdx.x] = redo ? 1 : 0;
-      if (redo) return;
-    }
   } else {
     // Two 64-row blocks per warpgroup, one wgmma group per block, pipelined inside the step: block 1's
     // Q K^T runs while block 0 does its softmax, and block 0's P V while block 1 does its own (groups
-    // complete in issue order). Two barriers per step (K and V share their stage index).
-    for (int t = 0; t < n_steps; ++t) {
+    // complete in issue order). Two barriers per step (K and V share their stage index). The fixed-offset
+    // kernel's first step (kFirst: its row maxima become the offsets) is a separate instantiation.
+    using FixedTag = std::bool_constant<kFixed>;  // issue_pv adds P x ones in the fixed-offset kernel
+    auto step = [&](auto first_tag, int t) {
       const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
       if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, j_next, sub_next);
       cp_async_commit();
@@ -715,14 +722,19 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
         } else {
           bias_and_mask(std::false_type{}, mt, n_valid);
         }
-        float alpha[2];
         uint32_t a[4][4];
-        softmax(mt, hv[mt], alpha);
-        pack_p(mt, a);
-        rescale(mt, alpha);
+        if constexpr (kFixed) {
+          softmax_fixed(first_tag, mt, hv[mt]);
+          pack_p(mt, a);
+        } else {
+          float alpha[2];
+          softmax(mt, hv[mt], alpha);
+          pack_p(mt, a);
+          rescale(mt, alpha);
+        }
         fence_out(mt);
         wg_fence();
-        issue_pv(std::false_type{}, mt, a, t & 1);
+        issue_pv(FixedTag{}, mt, a, t & 1);
       }
       wg_wait<0>();
 #pragma unroll
@@ -730,7 +742,30 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 
       __syncthreads();  // stage t & 1 is free again
       advance_keys(j_next2);
+    };
+    if constexpr (kFixed) {
+      if (n_steps > 0) step(std::true_type{}, 0);
+      for (int t = 1; t < n_steps; ++t) step(std::false_type{}, t);
+    } else {
+      for (int t = 0; t < n_steps; ++t) step(std::false_type{}, t);
     }
+  }
+  if constexpr (kFixed) {
+    // accl holds each row's sum of P in all four threads of the row (finish_row adds the four: a
+    // quarter each, exact). A row whose sum reached 2^64 (a logit ~44 nats above step 0's maximum)
+    // may have overflowed: the CTA leaves its tile to the second launch (running max).
+    bool redo = p.softmax_mode == kSoftmaxFixedRedo;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        row_l[mt][hf] = accl[mt][2 * hf] * 0.25f;
+        if (qtok[mt][hf] >= 0 && !(accl[mt][2 * hf] < 0x1p64f)) redo = true;
+      }
+    }
+    redo = __syncthreads_or(redo);
+    if (tid == 0) p.redo_flags[blockIdx.x] = redo ? 1 : 0;
+    if (redo) return;
   }
 
   // ---------------------------------------------------------------- epilogue (as fwd_kernel.cuh)
@@ -794,17 +829,15 @@ const char* launch(FwdParams& p, cudaStream_t stream) {
   p.variant = kVariantSm90;
   static int configured_running[64] = {0};
   auto running = attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, false>;
-  if constexpr (kMT == 1) {
-    const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
-    if (p.softmax_mode != kSoftmaxRunning && p.redo_flags != nullptr && ctas <= p.redo_capacity) {
-      // the fixed-offset pass, then the running max for the CTAs it flagged (the others return at once)
-      static int configured_fixed[64] = {0};
-      p.softmax_ran = p.softmax_mode;
-      const char* err = launch_ctas(attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, true>, p, Rows<kWG, kMT>::kThreads,
-                                    smem, configured_fixed, stream);
-      if (err != nullptr) return err;
-      return launch_ctas(running, p, Rows<kWG, kMT>::kThreads, smem, configured_running, stream);
-    }
+  const long long ctas = static_cast<long long>(p.num_q_tiles) * p.batch * p.heads;
+  if (p.softmax_mode != kSoftmaxRunning && p.redo_flags != nullptr && ctas <= p.redo_capacity) {
+    // the fixed-offset pass, then the running max for the CTAs it flagged (the others return at once)
+    static int configured_fixed[64] = {0};
+    p.softmax_ran = p.softmax_mode;
+    const char* err = launch_ctas(attn_fwd_sm90_kernel<T, D, kBias, kWG, kMT, true>, p, Rows<kWG, kMT>::kThreads,
+                                  smem, configured_fixed, stream);
+    if (err != nullptr) return err;
+    return launch_ctas(running, p, Rows<kWG, kMT>::kThreads, smem, configured_running, stream);
   }
   FwdParams q = p;
   q.redo_flags = nullptr;  // every CTA
