@@ -62,6 +62,15 @@
 #              measured on the H200 in the nineteenth session: no, see Triton NOTES)
 #   prologuetoy the same toy, one program per tile, with the shipped masked kernel's per-tile extras added one
 #              at a time (width tile, height term, id row, LSE): where the masked intercept comes from
+#   attnkeep   attnseq with the autotune cache kept in $SAMSPARSE_HOME (set it to a fresh folder: the first
+#              call still tunes from the shipped tuning only, and the choices stay for recordtune / shiptune)
+#   recordtune copy $SAMSPARSE_HOME/triton/autotune.json to $OUT/autotune_recorded.json (merge it into the repo
+#              with scripts/ship_tuning.py)
+#   shiptune   merge $SAMSPARSE_HOME/triton/autotune.json into this copy's shipped tuning, so that a later `cold`
+#              stage measures a first call with this GPU's tuning shipped
+#   Every bar on a GPU not measured since the kernels changed (an H100, say), in four calls of < 10 min on
+#   one warm machine, SAMSPARSE_HOME=/tmp/sh in each: `attnkeep recordtune cuda` (#5, #6), `shiptune ratio`
+#   (#7: dense vs 25% and vs the original eager encoder), `cold encoder1` (first call, B=1), `vith`
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -123,6 +132,11 @@ for stage in "${STAGES[@]}"; do
           --json "$OUT/ab_no_carry_ids.json" ;;
     attnseq) run attnseq 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    attnkeep) run attnkeep 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager \
+        --no-window --keep-cache --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    recordtune) cp "${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json" "$OUT/autotune_recorded.json" \
+        && echo "== recordtune: $OUT/autotune_recorded.json" || echo "== recordtune: no autotune cache" ;;
+    shiptune) run shiptune 60 "$PY" scripts/ship_tuning.py "${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json" ;;
     attnseq_dense) run attnseq_dense 420 env SAMSPARSE_TRITON_FIXED_OFFSET=dense "$PY" scripts/bench_attention.py \
         --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq_passdense.json" --md "$OUT/attention_seq_passdense.md" ;;

@@ -151,3 +151,40 @@ def test_persistent_toy_variants_match_the_reference_under_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for variant in ("grid", "persist", "persist+flat", "persist+manual", "+relw", "+relw+relh", "+ids row", "+lse"):
         assert f"check {variant} " in proc.stdout
+
+
+def test_ship_tuning_files_records_by_gpu_and_keeps_other_entries(tmp_path):
+    """scripts/ship_tuning.py files recorded autotune choices into the shipped file of their GPU and Triton
+    version, replaces an entry of the same key, keeps the file's other entries, and skips what is no record."""
+    import json
+
+    cfg = lambda m: {"config": {"block_m": m, "block_n": 64, "num_warps": 4, "num_stages": 3}, "ms": {}}  # noqa: E731
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    old_key = "NVIDIA H100 80GB HBM3/sm90|triton3.6.0|bfloat16|d64|masked=0"
+    kept_key = "NVIDIA H100 80GB HBM3/sm90|triton3.6.0|bfloat16|d80|masked=0"
+    (tuned / "h100_sm90_triton3.6.json").write_text(json.dumps({old_key: cfg(64), kept_key: cfg(64)}))
+    recorded = {
+        old_key: cfg(128),  # replaces
+        "NVIDIA H100 80GB HBM3/sm90|triton3.6.0|bfloat16|d64|masked=1": cfg(64),  # added
+        "NVIDIA H200/sm90|triton3.6.1|bfloat16|d64|masked=0": cfg(128),  # another GPU: its own file
+        "cpu|triton3.6.0|bfloat16|d64": cfg(64),  # no GPU/sm key: skipped
+        "NVIDIA H200/sm90|triton3.6.0|bfloat16|d80": {"config": {"block_m": 64}},  # not a full config: skipped
+    }
+    rec = tmp_path / "autotune.json"
+    rec.write_text(json.dumps(recorded))
+    dry = _run([sys.executable, "scripts/ship_tuning.py", str(rec), "--tuned-dir", str(tuned), "--dry-run"])
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads((tuned / "h100_sm90_triton3.6.json").read_text())[old_key] == cfg(64)  # nothing written
+    proc = _run([sys.executable, "scripts/ship_tuning.py", str(rec), "--tuned-dir", str(tuned)])
+    assert proc.returncode == 0, proc.stderr
+    assert "h100_sm90_triton3.6.json: added 1, replaced 1, unchanged 0" in proc.stdout
+    assert "skipped 2 entries" in proc.stderr
+    h100 = json.loads((tuned / "h100_sm90_triton3.6.json").read_text())
+    assert h100[old_key] == cfg(128) and h100[kept_key] == cfg(64) and len(h100) == 3
+    h200 = json.loads((tuned / "h200_sm90_triton3.6.json").read_text())
+    assert list(h200) == ["NVIDIA H200/sm90|triton3.6.1|bfloat16|d64|masked=0"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc = _run([sys.executable, "scripts/ship_tuning.py", str(bad), "--tuned-dir", str(tuned)])
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr
