@@ -9,6 +9,12 @@ too and prints both side by side, to screen a kernel edit before spending GPU ti
     python scripts/cuda_kernel_resources.py                       # bf16 d=64 and fp16 d=80, sm_90a and sm_80
     python scripts/cuda_kernel_resources.py --units fwd_bf16_hd80 --archs 90a --against HEAD
     python scripts/cuda_kernel_resources.py --filter sm90         # the Hopper (wgmma) kernels only
+    python scripts/cuda_kernel_resources.py --filter sm90 --pipeline  # + each key loop's wgmma schedule
+
+``--pipeline`` prints, per kernel, its key loop as the sequence ptxas scheduled: ``QK/PVx8`` a run of
+wgmma instructions, ``wait<=N`` a ``WARPGROUP.DEPBAR``, ``bar`` a CTA barrier, and between them the number
+of other instructions (the work that overlaps the products in flight), plus the loop's shared-memory loads
+and local-memory (spill) accesses. A wait right after its products (gap 0) means ptxas serialized them.
 
 cuobjdump / nvdisasm ship with the CUDA toolkit (or ``pip install nvidia-cuda-cuobjdump
 nvidia-cuda-nvdisasm``, binaries under ``nvidia/cu13/bin``).
@@ -74,6 +80,79 @@ def sass_lengths(obj: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+_OP = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?([^;]*);")
+
+
+def loop_schedule(sass_body: str) -> dict:
+    """The longest loop of one kernel's SASS: {"schedule": "...", "lds": n, "local": n, "length": n}.
+
+    ``schedule`` lists runs of wgmma (``HGMMAxN``), their waits (``wait<=N``), barriers (``bar``) and the
+    number of other instructions between them, in issue order."""
+    ops = [(int(m.group(1), 16), m.group(2), (m.group(3) or ""), m.group(4)) for m in _OP.finditer(sass_body)]
+    best = None
+    for addr, op, _, rest in ops:
+        if op == "BRA":
+            target = re.search(r"0x([0-9a-f]+)", rest)
+            if target and int(target.group(1), 16) < addr:
+                span = (int(target.group(1), 16), addr)
+                if best is None or span[1] - span[0] > best[1] - best[0]:
+                    best = span
+    if best is None:
+        return {"schedule": "", "lds": 0, "local": 0, "length": 0}
+    loop = [o for o in ops if best[0] <= o[0] <= best[1]]
+    items: list[str] = []
+    other = 0
+    hgmma = 0
+
+    def flush_other():
+        nonlocal other
+        if other:
+            items.append(str(other))
+            other = 0
+
+    for _, op, suffix, rest in loop:
+        if op == "HGMMA":
+            if not hgmma:
+                flush_other()
+            hgmma += 1
+            continue
+        if hgmma:
+            items.append(f"HGMMAx{hgmma}")
+            hgmma = 0
+        if op == "WARPGROUP" and suffix.startswith(".DEPBAR"):
+            flush_other()
+            n = re.search(r"0x([0-9a-f]+)", rest)
+            items.append(f"wait<={int(n.group(1), 16) if n else '?'}")
+        elif op == "BAR" and suffix.startswith(".SYNC"):
+            flush_other()
+            items.append("bar")
+        elif op == "WARPGROUP" and suffix.startswith(".ARRIVE"):
+            continue  # the fence before a run of products
+        else:
+            other += 1
+    if hgmma:
+        items.append(f"HGMMAx{hgmma}")
+    flush_other()
+    return {
+        "schedule": " ".join(items),
+        "lds": sum(1 for o in loop if o[1] == "LDS"),
+        "local": sum(1 for o in loop if o[1] in ("LDL", "STL")),
+        "length": len(loop),
+    }
+
+
+def sass_schedules(obj: Path) -> dict[str, dict]:
+    """{mangled kernel: loop_schedule(...)} of an object file; empty without cuobjdump."""
+    tool = shutil.which("cuobjdump")
+    if tool is None:
+        return {}
+    proc = subprocess.run([tool, "-sass", str(obj)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {}
+    parts = re.split(r"\n\s*Function : (\S+)\n", proc.stdout)
+    return {parts[i]: loop_schedule(parts[i + 1]) for i in range(1, len(parts), 2)}
+
+
 def compile_unit(csrc: Path, unit: str, arch: str, work: Path, tag: str = "new") -> dict[str, dict]:
     """Compile ``unit``.cu of ``csrc`` for sm_<arch> into ``work``; {mangled kernel: resources}."""
     obj = work / f"{tag}_{unit}_{arch}.o"
@@ -84,7 +163,9 @@ def compile_unit(csrc: Path, unit: str, arch: str, work: Path, tag: str = "new")
         raise RuntimeError(f"nvcc failed for {unit} sm_{arch}:\n{proc.stderr[-3000:]}")
     res = ptxas_resources(proc.stderr)
     sass = sass_lengths(obj)
-    return {name: {"regs": r, "spill": sp, "sass": sass.get(name, (None, None))[0], "loop": sass.get(name, (None, None))[1]}
+    sched = sass_schedules(obj) if tag == "new" else {}
+    return {name: {"regs": r, "spill": sp, "sass": sass.get(name, (None, None))[0], "loop": sass.get(name, (None, None))[1],
+                   "pipeline": sched.get(name)}
             for name, (r, sp) in res.items()}
 
 
@@ -104,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", default="90a,80", help="compute architectures, e.g. 90a,80")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
     parser.add_argument("--against", default=None, help="git revision to compare with")
+    parser.add_argument("--pipeline", action="store_true", help="also print each key loop's wgmma schedule")
     args = parser.parse_args(argv)
     if shutil.which("nvcc") is None:
         print("error: nvcc not found on the PATH", file=sys.stderr)
@@ -132,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                         line += ("   | (new kernel)" if o is None else
                                  f"   | {o['regs']:>5} {o['spill']:>5} {o['loop'] or '-':>4} {o['sass'] or '-':>5}")
                     print(line)
+                    if args.pipeline and r.get("pipeline"):
+                        pl = r["pipeline"]
+                        print(f"      loop: {pl['schedule']}  (LDS {pl['lds']}, local {pl['local']})")
     return 0
 
 

@@ -188,3 +188,32 @@ def test_ship_tuning_files_records_by_gpu_and_keeps_other_entries(tmp_path):
     bad.write_text("{not json")
     proc = _run([sys.executable, "scripts/ship_tuning.py", str(bad), "--tuned-dir", str(tuned)])
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr
+
+
+def test_cuda_kernel_resources_reads_a_loop_schedule():
+    """cuda_kernel_resources.py --pipeline: the longest loop of a kernel's SASS as runs of wgmma, their waits,
+    barriers and the instructions between them (a serialized pipeline shows as a wait right after each run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ckr", ROOT / "scripts" / "cuda_kernel_resources.py")
+    ckr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ckr)
+    sass = "\n".join([
+        "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
+        "        /*0010*/                   LDS.128 R4, [R2] ;",  # loop starts here (the branch target)
+        "        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;",
+        "        /*0030*/                   WARPGROUP.ARRIVE ;",
+        "        /*0040*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT ;",
+        "        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;",
+        "        /*0060*/                   FFMA R3, R4, R5, R6 ;",
+        "        /*0070*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;",
+        "        /*0080*/                   MUFU.EX2 R7, R3 ;",
+        "        /*0090*/                   STL [R1], R7 ;",
+        "        /*00a0*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;",
+        "        /*00b0*/               @P0 BRA 0x10 ;",
+        "        /*00c0*/                   EXIT ;",
+    ])
+    got = ckr.loop_schedule(sass)
+    assert got["schedule"] == "1 bar HGMMAx2 1 wait<=1 2 wait<=0 1", got
+    assert got["lds"] == 1 and got["local"] == 1 and got["length"] == 11
+    assert ckr.loop_schedule("        /*0000*/  EXIT ;")["schedule"] == ""

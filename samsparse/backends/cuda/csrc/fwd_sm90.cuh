@@ -686,26 +686,28 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   } else {
     // Two 64-row blocks per warpgroup, one wgmma group per block, pipelined inside the step: block 1's
     // Q K^T runs while block 0 does its softmax, and block 0's P V while block 1 does its own (groups
-    // complete in issue order). Two barriers per step (K and V share their stage index). The fixed-offset
-    // kernel's first step (kFirst: its row maxima become the offsets) is a separate instantiation.
+    // complete in issue order). K and V share their stage index; one barrier per step: the next tile's
+    // copies are issued after it, while the step's first products run, into the stage step t - 1 read
+    // (every warp waited for step t - 1's products before the barrier). The fixed-offset kernel's first
+    // step (kFirst: its row maxima become the offsets) is a separate instantiation.
     using FixedTag = std::bool_constant<kFixed>;  // issue_pv adds P x ones in the fixed-offset kernel
     auto step = [&](auto first_tag, int t) {
       const int j_next2 = (t + 2 < n_steps) ? block_at(blk2) : 0;
-      if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, j_next, sub_next);
-      cp_async_commit();
       int n_valid;
       const int t0 = tile_keys(j_cur, sub_cur, &n_valid);
       float hv[kMT][2];
       height_terms(t0, hv);
-      cp_async_wait<1>();
+      cp_async_wait<0>();
       fence_async_smem();
-      __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma
+      __syncthreads();  // tile t (and Q) in shared memory, visible to wgmma; step t - 1's stage is free
 
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) fence_regs(s[mt]);
       wg_fence();
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) issue_qk(mt, t & 1);
+      if (t + 1 < n_steps) load_kv((t + 1) & 1, (t + 1) & 1, j_next, sub_next);
+      cp_async_commit();
 
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
@@ -736,11 +738,9 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
         wg_fence();
         issue_pv(FixedTag{}, mt, a, t & 1);
       }
-      wg_wait<0>();
+      wg_wait<0>();  // (the next step's copies overwrite this step's stage after its barrier)
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) fence_out(mt);
-
-      __syncthreads();  // stage t & 1 is free again
       advance_keys(j_next2);
     };
     if constexpr (kFixed) {
