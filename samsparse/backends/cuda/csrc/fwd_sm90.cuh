@@ -22,8 +22,9 @@
 //     running max (online softmax with rescale);
 //   * run-64 bias: the width term rel_w[q, col] is the same for every key tile, so each thread's
 //     32 values per 64-row block sit in shared memory for the whole loop (float32 at d = 64, packed pairs
-//     at d = 80), or in registers on m128w4 tiles at d = 64 (WidthTerms); the height term rel_h[q, row] is one value per row and step, added to the
-//     row's offset (x = s * scale + rel_w, p = 2^((x + rel_h - m) * log2 e)).
+//     at d = 80), or in registers on m128w4 tiles at d = 64 (WidthTerms); the height term rel_h[q, row]
+//     is one value per row and step, added to the row's offset (x = s * scale + rel_w,
+//     p = 2^((x + rel_h - m) * log2 e)).
 //
 // Accumulator layout of wgmma m64nN (f32): thread t of the warpgroup (warp w = t / 32,
 // lane l) holds, for n8 chunk j, d[4j + e] = C[16 w + l / 4 + 8 (e / 2)][8 j + 2 (l % 4) + e % 2].
@@ -54,7 +55,7 @@ template <int kWG, int kMT> struct Rows {
 // Smem::kBytes at launch) on the tiles of 2 CTAs x 8 warps or 3 x 4 per SM, whose registers the pipelined
 // products need, and in registers on m128w4 at d = 64 (kRegs: 2 CTAs x 4 warps per SM, up to 255
 // registers, as the Triton kernel's M128 tile keeps them; shared memory then carries only the Q / K / V
-// operands; nvcc 13.0: 250 registers, no spills, with the fixed-offset softmax; at d = 80 they would spill).
+// operands; nvcc 13.0: 255 registers, no spills, with the fixed-offset softmax; at d = 80 they would spill).
 template <int D, int kWG, int kMT> struct WidthTerms {
   static constexpr bool kFloat = D == 64;
   static constexpr bool kRegs = kMT == 2 && kFloat;
