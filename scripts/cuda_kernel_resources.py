@@ -59,8 +59,8 @@ def ptxas_resources(stderr: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def sass_lengths(obj: Path) -> dict[str, tuple[int, int]]:
-    """{mangled kernel: (instructions, longest backward-branch span)}; empty without cuobjdump."""
+def sass_bodies(obj: Path) -> dict[str, str]:
+    """{mangled kernel: its SASS text} of an object file; empty without cuobjdump."""
     tool = shutil.which("cuobjdump")
     if tool is None:
         return {}
@@ -68,15 +68,19 @@ def sass_lengths(obj: Path) -> dict[str, tuple[int, int]]:
     if proc.returncode != 0:
         return {}
     parts = re.split(r"\n\s*Function : (\S+)\n", proc.stdout)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def sass_lengths(bodies: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """{mangled kernel: (instructions, longest backward-branch span)} from ``sass_bodies``."""
     out = {}
-    for i in range(1, len(parts), 2):
-        body = parts[i + 1]
+    for name, body in bodies.items():
         loop = 0
         for m in _BRANCH.finditer(body):
             src, dst = int(m.group(1), 16), int(m.group(2), 16)
             if dst < src:
                 loop = max(loop, (src - dst) // 16)
-        out[parts[i]] = (len(_INSTR.findall(body)), loop)
+        out[name] = (len(_INSTR.findall(body)), loop)
     return out
 
 
@@ -141,16 +145,6 @@ def loop_schedule(sass_body: str) -> dict:
     }
 
 
-def sass_schedules(obj: Path) -> dict[str, dict]:
-    """{mangled kernel: loop_schedule(...)} of an object file; empty without cuobjdump."""
-    tool = shutil.which("cuobjdump")
-    if tool is None:
-        return {}
-    proc = subprocess.run([tool, "-sass", str(obj)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {}
-    parts = re.split(r"\n\s*Function : (\S+)\n", proc.stdout)
-    return {parts[i]: loop_schedule(parts[i + 1]) for i in range(1, len(parts), 2)}
 
 
 def compile_unit(csrc: Path, unit: str, arch: str, work: Path, tag: str = "new") -> dict[str, dict]:
@@ -162,8 +156,9 @@ def compile_unit(csrc: Path, unit: str, arch: str, work: Path, tag: str = "new")
     if proc.returncode != 0:
         raise RuntimeError(f"nvcc failed for {unit} sm_{arch}:\n{proc.stderr[-3000:]}")
     res = ptxas_resources(proc.stderr)
-    sass = sass_lengths(obj)
-    sched = sass_schedules(obj) if tag == "new" else {}
+    bodies = sass_bodies(obj)
+    sass = sass_lengths(bodies)
+    sched = {name: loop_schedule(body) for name, body in bodies.items()} if tag == "new" else {}
     return {name: {"regs": r, "spill": sp, "sass": sass.get(name, (None, None))[0], "loop": sass.get(name, (None, None))[1],
                    "pipeline": sched.get(name)}
             for name, (r, sp) in res.items()}
