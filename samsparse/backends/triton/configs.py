@@ -16,8 +16,8 @@ Environment:
 - ``SAMSPARSE_HOME`` — cache root.
 
 Shipped tuning: ``tuned/*.json`` next to this module holds the choices the autotuner
-made for SAM's shape classes on the GPUs we measured (H100 80GB HBM3 with Triton
-3.6, recorded by ``scripts/bench_encoder.py`` runs, timings included). They are
+made for SAM's shape classes on the GPUs we measured (H100 80GB HBM3 and H200 with Triton
+3.6, recorded by benchmark runs, timings included, and filed by ``scripts/ship_tuning.py``). They are
 read after the user's cache (which wins) so that a cold first call on those GPUs
 skips the ~17 s of candidate compiles; keys name the GPU and Triton version, so other
 setups tune as before. ``SAMSPARSE_TRITON_SHIPPED=0`` ignores them.
