@@ -11,7 +11,7 @@ too and prints both side by side, to screen a kernel edit before spending GPU ti
     python scripts/cuda_kernel_resources.py --filter sm90         # the Hopper (wgmma) kernels only
     python scripts/cuda_kernel_resources.py --filter sm90 --pipeline  # + each key loop's wgmma schedule
 
-``--pipeline`` prints, per kernel, its key loop as the sequence ptxas scheduled: ``QK/PVx8`` a run of
+``--pipeline`` prints, per kernel, its key loop as the sequence ptxas scheduled: ``HGMMAxN`` a run of N
 wgmma instructions, ``wait<=N`` a ``WARPGROUP.DEPBAR``, ``bar`` a CTA barrier, and between them the number
 of other instructions (the work that overlaps the products in flight), plus the loop's shared-memory loads
 and local-memory (spill) accesses. A wait right after its products (gap 0) means ptxas serialized them.
@@ -71,16 +71,22 @@ def sass_bodies(obj: Path) -> dict[str, str]:
     return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
 
 
+def longest_loop(sass_body: str) -> tuple[int, int] | None:
+    """(first, last) instruction address of the longest backward branch's span (the key loop), or None."""
+    best = None
+    for m in _BRANCH.finditer(sass_body):
+        src, dst = int(m.group(1), 16), int(m.group(2), 16)
+        if dst < src and (best is None or src - dst > best[1] - best[0]):
+            best = (dst, src)
+    return best
+
+
 def sass_lengths(bodies: dict[str, str]) -> dict[str, tuple[int, int]]:
     """{mangled kernel: (instructions, longest backward-branch span)} from ``sass_bodies``."""
     out = {}
     for name, body in bodies.items():
-        loop = 0
-        for m in _BRANCH.finditer(body):
-            src, dst = int(m.group(1), 16), int(m.group(2), 16)
-            if dst < src:
-                loop = max(loop, (src - dst) // 16)
-        out[name] = (len(_INSTR.findall(body)), loop)
+        span = longest_loop(body)
+        out[name] = (len(_INSTR.findall(body)), (span[1] - span[0]) // 16 if span else 0)
     return out
 
 
@@ -93,14 +99,7 @@ def loop_schedule(sass_body: str) -> dict:
     ``schedule`` lists runs of wgmma (``HGMMAxN``), their waits (``wait<=N``), barriers (``bar``) and the
     number of other instructions between them, in issue order."""
     ops = [(int(m.group(1), 16), m.group(2), (m.group(3) or ""), m.group(4)) for m in _OP.finditer(sass_body)]
-    best = None
-    for addr, op, _, rest in ops:
-        if op == "BRA":
-            target = re.search(r"0x([0-9a-f]+)", rest)
-            if target and int(target.group(1), 16) < addr:
-                span = (int(target.group(1), 16), addr)
-                if best is None or span[1] - span[0] > best[1] - best[0]:
-                    best = span
+    best = longest_loop(sass_body)
     if best is None:
         return {"schedule": "", "lds": 0, "local": 0, "length": 0}
     loop = [o for o in ops if best[0] <= o[0] <= best[1]]
@@ -143,8 +142,6 @@ def loop_schedule(sass_body: str) -> dict:
         "local": sum(1 for o in loop if o[1] in ("LDL", "STL")),
         "length": len(loop),
     }
-
-
 
 
 def compile_unit(csrc: Path, unit: str, arch: str, work: Path, tag: str = "new") -> dict[str, dict]:

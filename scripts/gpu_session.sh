@@ -77,6 +77,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export OUT="${OUT:-gpu_session_out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
+TUNE_CACHE="${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json"  # the autotuner's cache (configs.py)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests attention encoder8 encoder1 vith cold profile cuda ncu)
 
@@ -134,9 +135,9 @@ for stage in "${STAGES[@]}"; do
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
     attnkeep) run attnkeep 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager \
         --no-window --keep-cache --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
-    recordtune) cp "${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json" "$OUT/autotune_recorded.json" \
+    recordtune) cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" \
         && echo "== recordtune: $OUT/autotune_recorded.json" || echo "== recordtune: no autotune cache" ;;
-    shiptune) run shiptune 60 "$PY" scripts/ship_tuning.py "${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json" ;;
+    shiptune) run shiptune 60 "$PY" scripts/ship_tuning.py "$TUNE_CACHE" ;;
     attnseq_dense) run attnseq_dense 420 env SAMSPARSE_TRITON_FIXED_OFFSET=dense "$PY" scripts/bench_attention.py \
         --layouts sequence --skip-flex --skip-eager --no-window \
         --json "$OUT/attention_seq_passdense.json" --md "$OUT/attention_seq_passdense.md" ;;

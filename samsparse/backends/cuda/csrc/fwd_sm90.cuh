@@ -60,8 +60,7 @@ template <int D, int kWG, int kMT> struct WidthTerms {
   static constexpr bool kFloat = D == 64;
   static constexpr bool kRegs = kMT == 2 && kFloat;
   static constexpr int kBytesPerThread = kRegs ? 0 : kMT * (kFloat ? 128 : 64);
-  static constexpr int kF4 = kRegs && kFloat ? 8 * kMT : 1;    // float4 registers per thread
-  static constexpr int kU4 = kRegs && !kFloat ? 4 * kMT : 1;   // uint4 registers per thread
+  static constexpr int kF4 = kRegs ? 8 * kMT : 1;  // float4 registers per thread (kRegs: float32 only)
 };
 
 // Bytes of one tile of `rows` rows in the two panels (128-byte rows, 32-byte rows).
@@ -385,16 +384,11 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
   // conflicts); each thread reads only its own entries.
   uint4* sW = reinterpret_cast<uint4*>(smem + S::kW);
   float4* sWf = reinterpret_cast<float4*>(smem + S::kW);
-  // the same entries in registers (kWR: m128w4), indexed as the shared-memory slots without the thread
+  // float32 entries in registers instead (kWR: m128w4), indexed as the shared-memory slots without the thread
   float4 wf_reg[WT::kF4];
-  uint4 wp_reg[WT::kU4];
   auto width_f4 = [&](int slot) -> float4& {
     if constexpr (kWR) return wf_reg[slot];
     else return sWf[slot * kThreads + tid];
-  };
-  auto width_u4 = [&](int slot) -> uint4& {
-    if constexpr (kWR) return wp_reg[slot];
-    else return sW[slot * kThreads + tid];
   };
   const uint16_t* rh_base = nullptr;
   if constexpr (kBias == kBiasRun64) {
@@ -425,7 +419,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
             const uint32_t lo = width_term(mt, hf, nt * 8 + 2 * tq), hi = width_term(mt, hf, nt * 8 + 2 * tq + 1);
             w[i] = lo | (hi << 16);
           }
-          width_u4(4 * mt + q) = make_uint4(w[0], w[1], w[2], w[3]);
+          sW[(4 * mt + q) * kThreads + tid] = make_uint4(w[0], w[1], w[2], w[3]);
         }
       }
     }
@@ -509,7 +503,7 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
     } else if constexpr (kBias == kBiasRun64) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const uint4 w4 = width_u4(4 * mt + q);
+        const uint4 w4 = sW[(4 * mt + q) * kThreads + tid];
         const uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
