@@ -113,6 +113,13 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool p
   const int src_size = pred ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size) : "memory");
 }
+// A 16-bit global load issued where it is written: a volatile asm, so neither the compiler nor ptxas sinks
+// it past the barrier that follows (an __ldg there moved to just before its use, exposing its latency).
+__device__ __forceinline__ uint16_t ld_global_u16_early(const uint16_t* ptr) {
+  uint16_t v;
+  asm volatile("ld.global.u16 %0, [%1];\n" : "=h"(v) : "l"(ptr));
+  return v;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");

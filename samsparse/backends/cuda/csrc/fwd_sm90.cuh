@@ -458,8 +458,8 @@ __global__ void __launch_bounds__(Rows<kWG, kMT>::kThreads, Rows<kWG, kMT>::kMin
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           if (qtok[mt][hf] >= 0) {
-            hv[mt][hf] = Num<T>::to_float(__ldg(rh_base + static_cast<int64_t>(qtok[mt][hf]) * p.rh_sq +
-                                                static_cast<int64_t>(krow) * p.rh_sr));
+            hv[mt][hf] = Num<T>::to_float(ld_global_u16_early(rh_base + static_cast<int64_t>(qtok[mt][hf]) * p.rh_sq +
+                                                              static_cast<int64_t>(krow) * p.rh_sr));
           }
         }
       }
