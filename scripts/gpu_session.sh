@@ -68,9 +68,13 @@
 #              with scripts/ship_tuning.py)
 #   shiptune   merge $SAMSPARSE_HOME/triton/autotune.json into this copy's shipped tuning, so that a later `cold`
 #              stage measures a first call with this GPU's tuning shipped
+#   freshtune  the ratio stage with the shipped tuning ignored (SAMSPARSE_TRITON_SHIPPED=0), so that every class
+#              the encoders use (the hierarchical masks' too) is tuned on this GPU first; then recordtune. Run it
+#              with SAMSPARSE_HOME set to a fresh folder; stages after it in the same call reuse that tuning
 #   Every bar on a GPU not measured since the kernels changed (an H100, say), in four calls of < 10 min on
 #   one warm machine, SAMSPARSE_HOME=/tmp/sh in each: `attnkeep recordtune cuda` (#5, #6), `shiptune ratio`
-#   (#7: dense vs 25% and vs the original eager encoder), `cold encoder1` (first call, B=1), `vith`
+#   (#7: dense vs 25% and vs the original eager encoder), `cold encoder1` (first call, B=1), `vith`.
+#   The warm machine goes back 30 s after a call: issue the next call at once, or batch stages into one call.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -135,6 +139,12 @@ for stage in "${STAGES[@]}"; do
         --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
     attnkeep) run attnkeep 420 "$PY" scripts/bench_attention.py --layouts sequence --skip-flex --skip-eager \
         --no-window --keep-cache --json "$OUT/attention_seq.json" --md "$OUT/attention_seq.md" ;;
+    freshtune)
+      run freshtune 540 env SAMSPARSE_TRITON_SHIPPED=0 "$PY" scripts/bench_sparse_ratio.py --model vit_b --batch 8 \
+          --rounds 7 --repeat 10 --variants dense+compile "sparse:hierarchical:density=0.25+compile" \
+          "sparse:hierarchical:density=0.25,tile=1x64+compile" original \
+          --json "$OUT/ratio_freshtune.json" --md "$OUT/ratio_freshtune.md"
+      cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" && echo "== freshtune: $OUT/autotune_recorded.json" ;;
     recordtune) cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" \
         && echo "== recordtune: $OUT/autotune_recorded.json" || echo "== recordtune: no autotune cache" ;;
     shiptune) run shiptune 60 "$PY" scripts/ship_tuning.py "$TUNE_CACHE" ;;
