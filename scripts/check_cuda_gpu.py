@@ -225,6 +225,10 @@ def stage_bench() -> int:
         rp_tab = RelPos.from_tables(tab_h.bfloat16(), tab_w.bfloat16(), grid)
         rel_h, rel_w = RelPos(rp_tab.q_grid, rp_tab.k_grid, rp_tab.rh, rp_tab.rw).terms(q)
         rp_terms = RelPos(grid, grid, rel_h=rel_h, rel_w=rel_w)
+        # the same terms with rel_h stored key-row-major (each key row's terms contiguous over the queries: the
+        # Triton backend's own layout; SAMSPARSE_CUDA_REL_H_LAYOUT=row gives it to the CUDA backend's tables path)
+        rel_h_row = rel_h.transpose(2, 3).contiguous().transpose(2, 3)
+        rp_terms_row = RelPos(grid, grid, rel_h=rel_h_row, rel_w=rel_w)
         blocks = torch.rand(1, h, n // 128, n // 128, generator=torch.Generator().manual_seed(1)) < 0.25
         blocks |= torch.eye(n // 128, dtype=torch.bool)
         sparse = BlockMask(blocks, 128, n).to("cuda")
@@ -290,6 +294,13 @@ def stage_bench() -> int:
         ]
         if torch.cuda.get_device_capability() == (9, 0):
             contenders += kernel_rows("wgmma", wg, cuda_raw_wgmma)
+            # rel_h key-row-major: terms given, and from the tables (SAMSPARSE_CUDA_REL_H_LAYOUT=row)
+            contenders += [
+                ("wgmma rel-pos terms, rel_h by key row",
+                 lambda: cuda_ops.attention(q, k, v, None, rp_terms_row)[0], 1.0, "bias", wg),
+                ("wgmma rel-pos tables, rel_h by key row", lambda: cuda_ops.attention(q, k, v, None, rp_fresh())[0],
+                 1.0, "bias", {**wg, cuda_ops.REL_H_LAYOUT_ENV: "row"}),
+            ]
             # the same kernel with the running-max softmax (SAMSPARSE_CUDA_FIXED_OFFSET=0), for the A/B
             contenders += kernel_rows("wgmma running", {**wg, cuda_ops.FIXED_OFFSET_ENV: "0"}, cuda_raw_wgmma_running)
             for tile in cuda_ops.WGMMA_TILES:  # every tile shape forced, for the default's A/B
@@ -297,6 +308,8 @@ def stage_bench() -> int:
                 contenders += [
                     (f"wgmma {tile} (no bias)", lambda: cuda_ops.attention(q, k, v)[0], 1.0, "flash", env),
                     (f"wgmma {tile} rel-pos terms", lambda: cuda_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias", env),
+                    (f"wgmma {tile} rel-pos terms, rel_h by key row",
+                     lambda: cuda_ops.attention(q, k, v, None, rp_terms_row)[0], 1.0, "bias", env),
                 ]
 
         def rp_fresh():
@@ -306,6 +319,8 @@ def stage_bench() -> int:
             contenders += [
                 ("triton (no bias)", lambda: triton_ops.attention(q, k, v)[0], 1.0, "flash"),
                 ("triton rel-pos terms", lambda: triton_ops.attention(q, k, v, None, rp_terms)[0], 1.0, "bias"),
+                ("triton rel-pos terms, rel_h by key row",
+                 lambda: triton_ops.attention(q, k, v, None, rp_terms_row)[0], 1.0, "bias"),
             ]
         refs = {}
         try:

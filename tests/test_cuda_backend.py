@@ -565,6 +565,20 @@ def test_kernel_variant_choice(monkeypatch):
         ops._kernel_args(dev)
 
 
+def test_rel_h_layout_switch(monkeypatch):
+    """SAMSPARSE_CUDA_REL_H_LAYOUT picks how terms computed from the tables store rel_h (by query unless
+    'row'); anything else is a usage error naming the variable and its values."""
+    monkeypatch.delenv(ops.REL_H_LAYOUT_ENV, raising=False)
+    assert ops.rel_h_by_query() is True
+    monkeypatch.setenv(ops.REL_H_LAYOUT_ENV, " Row ")
+    assert ops.rel_h_by_query() is False
+    monkeypatch.setenv(ops.REL_H_LAYOUT_ENV, "query")
+    assert ops.rel_h_by_query() is True
+    monkeypatch.setenv(ops.REL_H_LAYOUT_ENV, "column")
+    with pytest.raises(ValueError, match="SAMSPARSE_CUDA_REL_H_LAYOUT.*query.*row"):
+        ops.rel_h_by_query()
+
+
 _LAYOUT_PROGRAM = r"""
 #include "fwd_sm90.cuh"
 #include <cstdio>
@@ -780,6 +794,24 @@ def test_gpu_wgmma_selftest_one_tile(d, dtype):
 def test_gpu_wgmma_matches_reference(case, tile, monkeypatch):
     monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
     monkeypatch.setenv(ops.WGMMA_TILE_ENV, tile)
+    res = run_case(case)
+    assert res["ok"], f"{case.id}: " + "; ".join(res["problems"]) + f" {res}"
+    assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()
+
+
+WGMMA_TABLE_CASES = [c for c in WGMMA_CASES if c.rel == "tables"]
+
+
+@gpu
+@needs_hopper
+@pytest.mark.parametrize("case", WGMMA_TABLE_CASES, ids=[c.id for c in WGMMA_TABLE_CASES])
+@pytest.mark.parametrize("tile", ["", "m128w4"])
+def test_gpu_wgmma_rel_h_by_key_row(case, tile, monkeypatch):
+    """Terms from the tables with rel_h stored key-row-major (SAMSPARSE_CUDA_REL_H_LAYOUT=row, the A/B
+    layout): the kernel reads them through their strides and matches the reference."""
+    monkeypatch.setenv(ops.KERNEL_ENV, "wgmma")
+    monkeypatch.setenv(ops.WGMMA_TILE_ENV, tile)
+    monkeypatch.setenv(ops.REL_H_LAYOUT_ENV, "row")
     res = run_case(case)
     assert res["ok"], f"{case.id}: " + "; ".join(res["problems"]) + f" {res}"
     assert ops.last_launch()["kernel"] == "wgmma", ops.last_launch()

@@ -111,6 +111,8 @@ def last_launch() -> dict:
 KERNEL_ENV = "SAMSPARSE_CUDA_KERNEL"
 WGMMA_TILE_ENV = "SAMSPARSE_CUDA_WGMMA_TILE"
 FIXED_OFFSET_ENV = "SAMSPARSE_CUDA_FIXED_OFFSET"
+REL_H_LAYOUT_ENV = "SAMSPARSE_CUDA_REL_H_LAYOUT"
+_REL_H_LAYOUTS = ("query", "row")
 # Mirrors of csrc/fwd_params.h's enums (test_python_tables_match_the_kernel_enums checks them against the header).
 # SoftmaxMode, by the SAMSPARSE_CUDA_FIXED_OFFSET value that asks for it, and by name (the mma.sync
 # kernel reports -1: running)
@@ -171,6 +173,18 @@ def softmax_mode() -> int:
     if choice not in SOFTMAX_MODES:
         raise ValueError(f"{FIXED_OFFSET_ENV}={choice!r}: use 1 (default), 0 or redo")
     return SOFTMAX_MODES[choice]
+
+
+def rel_h_by_query() -> bool:
+    """How the terms computed from rel-pos tables store rel_h [B, H, Nq, gh_k], from
+    ``SAMSPARSE_CUDA_REL_H_LAYOUT``: ``query`` (default) each query's terms contiguous (a row's terms share one
+    cache line across the key steps), ``row`` each key row's terms contiguous over the queries (the Triton
+    backend's own layout: one step's loads of a warp coalesce). The kernel reads either through strides; the
+    switch is for A/B timings."""
+    choice = os.environ.get(REL_H_LAYOUT_ENV, "query").strip().lower() or "query"
+    if choice not in _REL_H_LAYOUTS:
+        raise ValueError(f"{REL_H_LAYOUT_ENV}={choice!r}: use query (default) or row")
+    return choice == "query"
 
 
 def _kernel_args(device: torch.device) -> list[int]:
@@ -299,9 +313,10 @@ def rel_terms(rel_pos, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         terms_kernel = _triton_terms_kernel()
         if terms_kernel is not None:
             rh, rw = rel_pos.rh.to(q.device), rel_pos.rw.to(q.device)  # (no copy when already there)
-            # rel_h stored by query: the kernel reads one height term per row and key step, and a row's 64
-            # terms then share one cache line across the steps
-            return terms_kernel(q, rh, rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid), rel_h_by_query=True)
+            # rel_h stored by query by default: the kernel reads one height term per row and key step, and a
+            # row's 64 terms then share one cache line across the steps (rel_h_by_query)
+            return terms_kernel(q, rh, rw, tuple(rel_pos.q_grid), tuple(rel_pos.k_grid),
+                                rel_h_by_query=rel_h_by_query())
     return rel_pos.terms(q)
 
 
