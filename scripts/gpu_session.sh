@@ -85,6 +85,11 @@ TUNE_CACHE="${SAMSPARSE_HOME:-$HOME/.cache/samsparse}/triton/autotune.json"  # t
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests attention encoder8 encoder1 vith cold profile cuda ncu)
 
+record_tune() {  # record_tune STAGE: the autotuner's cache to $OUT/autotune_recorded.json
+  cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" \
+      && echo "== $1: $OUT/autotune_recorded.json" || echo "== $1: no autotune cache"
+}
+
 run() {  # run NAME SECONDS CMD...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
@@ -144,9 +149,8 @@ for stage in "${STAGES[@]}"; do
           --rounds 7 --repeat 10 --variants dense+compile "sparse:hierarchical:density=0.25+compile" \
           "sparse:hierarchical:density=0.25,tile=1x64+compile" original \
           --json "$OUT/ratio_freshtune.json" --md "$OUT/ratio_freshtune.md"
-      cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" && echo "== freshtune: $OUT/autotune_recorded.json" ;;
-    recordtune) cp "$TUNE_CACHE" "$OUT/autotune_recorded.json" \
-        && echo "== recordtune: $OUT/autotune_recorded.json" || echo "== recordtune: no autotune cache" ;;
+      record_tune freshtune ;;
+    recordtune) record_tune recordtune ;;
     shiptune) run shiptune 60 "$PY" scripts/ship_tuning.py "$TUNE_CACHE" ;;
     attnseq_dense) run attnseq_dense 420 env SAMSPARSE_TRITON_FIXED_OFFSET=dense "$PY" scripts/bench_attention.py \
         --layouts sequence --skip-flex --skip-eager --no-window \

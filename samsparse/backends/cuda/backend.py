@@ -126,6 +126,15 @@ KERNEL_NAMES = {0: "mma", 1: "wgmma"}
 _KERNEL_CHOICES = ("mma", "wgmma")
 
 
+def _env_choice(name: str, default: str, choices, usage: str) -> str:
+    """The value of environment switch ``name`` (trimmed, lower case; unset or empty: ``default``), one of
+    ``choices``; anything else raises ValueError naming the variable and ``usage``."""
+    choice = os.environ.get(name, default).strip().lower() or default
+    if choice not in choices:
+        raise ValueError(f"{name}={choice!r}: {usage}")
+    return choice
+
+
 def kernel_variant(device: torch.device) -> int:
     """Kernel the extension is asked for on ``device``: 1 (wgmma, fwd_sm90.cuh) or 0 (mma.sync).
 
@@ -134,9 +143,7 @@ def kernel_variant(device: torch.device) -> int:
     SAM's global rel-pos); the mma.sync kernel runs every other call, and every call on other GPUs.
     ``SAMSPARSE_CUDA_KERNEL=mma`` keeps every call on the mma.sync kernel (for A/B timings).
     """
-    choice = os.environ.get(KERNEL_ENV, "wgmma").strip().lower() or "wgmma"
-    if choice not in _KERNEL_CHOICES:
-        raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(_KERNEL_CHOICES)}")
+    choice = _env_choice(KERNEL_ENV, "wgmma", _KERNEL_CHOICES, f"use one of {', '.join(_KERNEL_CHOICES)}")
     return 1 if choice == "wgmma" and device_arch(device) == 90 else 0
 
 
@@ -169,10 +176,7 @@ def softmax_mode() -> int:
     softmax (step 0's row max as every step's offset, row sums from the tensor cores; a CTA whose row sums
     reach 2^64 runs again with the running max), ``0`` the running max everywhere (A/B timings), ``redo``
     the fixed offset with every CTA running again (tests of that second pass)."""
-    choice = os.environ.get(FIXED_OFFSET_ENV, "1").strip().lower() or "1"
-    if choice not in SOFTMAX_MODES:
-        raise ValueError(f"{FIXED_OFFSET_ENV}={choice!r}: use 1 (default), 0 or redo")
-    return SOFTMAX_MODES[choice]
+    return SOFTMAX_MODES[_env_choice(FIXED_OFFSET_ENV, "1", SOFTMAX_MODES, "use 1 (default), 0 or redo")]
 
 
 def rel_h_by_query() -> bool:
@@ -181,10 +185,7 @@ def rel_h_by_query() -> bool:
     cache line across the key steps), ``row`` each key row's terms contiguous over the queries (the Triton
     backend's own layout: one step's loads of a warp coalesce). The kernel reads either through strides; the
     switch is for A/B timings."""
-    choice = os.environ.get(REL_H_LAYOUT_ENV, "query").strip().lower() or "query"
-    if choice not in _REL_H_LAYOUTS:
-        raise ValueError(f"{REL_H_LAYOUT_ENV}={choice!r}: use query (default) or row")
-    return choice == "query"
+    return _env_choice(REL_H_LAYOUT_ENV, "query", _REL_H_LAYOUTS, "use query (default) or row") == "query"
 
 
 def _kernel_args(device: torch.device) -> list[int]:
@@ -192,9 +193,8 @@ def _kernel_args(device: torch.device) -> list[int]:
     one of ``WGMMA_TILES`` forced by ``SAMSPARSE_CUDA_WGMMA_TILE``, for A/B timings; softmax mode: see
     :func:`softmax_mode`)."""
     variant = kernel_variant(device)
-    tile = os.environ.get(WGMMA_TILE_ENV, "").strip().lower()
-    if tile and tile not in WGMMA_TILES:
-        raise ValueError(f"{WGMMA_TILE_ENV}={tile!r}: use one of {', '.join(WGMMA_TILES)} (or leave it unset)")
+    tile = _env_choice(WGMMA_TILE_ENV, "", ("", *WGMMA_TILES),
+                       f"use one of {', '.join(WGMMA_TILES)} (or leave it unset)")
     return [variant, WGMMA_TILES.get(tile, 0), softmax_mode()]
 
 
