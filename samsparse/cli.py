@@ -196,6 +196,13 @@ def _blocks(text: str) -> Any:
     return _int_list(text)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N (e.g. 0/2), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def _point(text: str):
     from .prompts import PromptError, parse_point
 
@@ -251,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--max-pixels", type=int, default=None,
                         help="downscale images with more pixels (default 40000000; amg 4194304; 0 = never)")
 
+    shard = argparse.ArgumentParser(add_help=False)
+    shard.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                       help="process only images K, K+N, K+2N, ... of the inputs, in order (K from 0): run N commands "
+                            "side by side, one per GPU (e.g. --shard 0/2 --device cuda:0 and --shard 1/2 --device cuda:1) "
+                            "into the same output directory")
+
     parser = _Parser(
         prog="samsparse",
         description="Segment Anything with a block-sparse image encoder.",
@@ -260,13 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("segment", parents=[general, model, out, prompts, images], help="masks for point/box prompts -> PNG, overlay, COCO RLE JSON")
+    s = sub.add_parser("segment", parents=[general, model, out, prompts, images, shard], help="masks for point/box prompts -> PNG, overlay, COCO RLE JSON")
     s.add_argument("-o", "--output", required=True, help="output directory (one folder per image)")
     s.add_argument("--multimask", action="store_true", default=None, help="write SAM's 3 masks per prompt (default: the best one)")
     s.add_argument("--no-overlay", action="store_true", default=None, help="do not write overlay.png")
     s.set_defaults(func=cmd_segment)
 
-    a = sub.add_parser("amg", parents=[general, model, out, images], help="automatic mask generation")
+    a = sub.add_parser("amg", parents=[general, model, out, images, shard], help="automatic mask generation")
     a.add_argument("-o", "--output", required=True, help="output directory")
     a.add_argument("--output-mode", choices=["binary_mask", "coco_rle", "uncompressed_rle"], default=None,
                    help="binary_mask (default): a folder of PNGs + metadata.csv per image; coco_rle/uncompressed_rle: one JSON per image")
@@ -453,7 +466,12 @@ def _run_images(
 
     from .io import output_names
 
-    names = output_names(paths)
+    names = output_names(paths)  # from every input, so that the shards of one run agree on each name
+    shard = getattr(args, "shard", None)
+    if shard is not None:
+        k, n = shard
+        paths = paths[k::n]
+        log.info("shard %d/%d: %d of %d image(s)", k, n, len(paths), len(names))
     done = skipped = 0
     failed = failed_inputs
     t0 = time.perf_counter()
@@ -479,7 +497,8 @@ def _run_images(
             log.error("%s", _error_line(path, exc), exc_info=args.verbose)
     elapsed = time.perf_counter() - t0
     rate = f", {done / elapsed:.2f} img/s" if done and elapsed > 0 else ""
-    summary = f"{task}: {done} done, {skipped} skipped (already done), {failed} failed{rate} -> {args.output}"
+    part = f" (shard {shard[0]}/{shard[1]})" if shard is not None else ""
+    summary = f"{task}{part}: {done} done, {skipped} skipped (already done), {failed} failed{rate} -> {args.output}"
     if not args.quiet:
         print(summary, flush=True)
     return EXIT_FAILED if failed else EXIT_OK

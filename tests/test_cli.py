@@ -602,6 +602,30 @@ def test_interrupted_run_resumes(tiny_checkpoint, three_images, tmp_path):
         _check_segment_dir(out / f"img{i}", (60 + 10 * i, 80))
 
 
+def test_shards_split_the_inputs_and_agree_on_names(tiny_checkpoint, three_images, tmp_path, capsys):
+    # a fourth image whose stem collides with img0: both get a hashed name, the same in every shard
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = save_png(other / "img0.png", synthetic_image(50, 70, 7))
+    inputs = [*three_images, twin]
+    out = tmp_path / "out"
+    base = ["amg", *inputs, "--checkpoint", tiny_checkpoint, *AMG_OPTS, "--output-mode", "coco_rle", "-o", out]
+    rc, stdout, _ = run_main(capsys, *base, "--shard", "0/2")
+    assert rc == 0 and "amg (shard 0/2): 2 done" in stdout
+    first = sorted(p.name for p in out.iterdir())
+    assert len(first) == 2 and first[0].startswith("img0-") and "img2.json" in first  # inputs 0 and 2
+    rc, stdout, _ = run_main(capsys, *base, "--shard", "1/2")
+    assert rc == 0 and "2 done, 0 skipped" in stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 4 and "img1.json" in names and len([n for n in names if n.startswith("img0-")]) == 2
+    # the unsharded run finds all four done
+    rc, stdout, _ = run_main(capsys, *base)
+    assert rc == 0 and "0 done, 4 skipped" in stdout
+    for bad in ("2/2", "1", "a/b", "0/0", "-1/2"):
+        rc, _, err = run_main(capsys, *base, "--shard", bad)
+        assert rc == 2 and "K/N" in err, bad
+
+
 def test_killed_run_leaves_no_partial_file(tiny_checkpoint, three_images, tmp_path):
     out = tmp_path / "out"
     args = ["amg", *three_images, "--checkpoint", tiny_checkpoint, *AMG_OPTS, "--output-mode", "coco_rle", "-o", out]
