@@ -7,6 +7,7 @@ from .fast import optimize
 from .masks import BlockMask
 from .patch import PatchConfig, patch, patch_config, unpatch
 from .predictor import SparseAutomaticMaskGenerator, SparseSamPredictor, build_predictor
+from .prompts import mask_to_logits
 from .relpos import RelPos
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "attend",
     "build_predictor",
     "load",
+    "mask_to_logits",
     "optimize",
     "save",
     "patch",

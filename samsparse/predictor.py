@@ -41,7 +41,7 @@ from torch import nn
 from .checkpoints.patched import resolve_checkpoint
 from .io import ensure_rgb_uint8
 from .patch import is_patched, patch, patch_config
-from .prompts import check_box, check_points
+from .prompts import check_box, check_points, mask_to_logits
 
 __all__ = [
     "SparseSamPredictor",
@@ -363,6 +363,10 @@ class SparseSamPredictor(SamPredictor):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``SamPredictor.predict`` (coordinates in original image pixels), plus ``image_index``.
 
+        ``mask_input`` is SAM's low-res logits [1, 256, 256] (the third output of a previous call) or, forgiving,
+        a binary mask [H, W] of the image's size (bool, 0/1 or 0/255), turned into such logits by
+        :func:`samsparse.prompts.mask_to_logits`.
+
         Returns masks [C, H, W] (bool, or float logits with ``return_logits``), scores [C]
         and low-res logits [C, 256, 256]; C = 3 with ``multimask_output`` else 1.
 
@@ -374,8 +378,22 @@ class SparseSamPredictor(SamPredictor):
             self.select_image(image_index)
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        mask_input = self._mask_prompt(mask_input)
         box = self._check_prompts(point_coords, point_labels, box, mask_input)
         return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
+
+    def _mask_prompt(self, mask_input):
+        """A binary [H, W] mask of the image's size as low-res logits (``prompts.mask_to_logits``); else as given."""
+        if mask_input is None or np.ndim(mask_input) != 2:
+            return mask_input
+        arr = np.asarray(mask_input)
+        if tuple(arr.shape) != tuple(int(v) for v in self.original_size):
+            raise ValueError(
+                f"a 2-D mask_input is taken as a binary mask of the image and must have its size "
+                f"{tuple(int(v) for v in self.original_size)} (H, W), got {arr.shape}; or pass low-res logits [1, 256, 256]"
+            )
+        side = 4 * self.model.prompt_encoder.image_embedding_size[0]
+        return mask_to_logits(arr, image_size=int(self.model.image_encoder.img_size), low_res_side=side)
 
     def predict_torch(
         self,

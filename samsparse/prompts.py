@@ -52,6 +52,7 @@ __all__ = [
     "check_points",
     "check_box",
     "centre_point",
+    "mask_to_logits",
 ]
 
 log = logging.getLogger(__name__)
@@ -338,3 +339,52 @@ def check_box(box: Any, height: int, width: int, name: str = "image") -> np.ndar
             x0, y0, x1, y1, name, width, height, *clipped,
         )
     return clipped
+
+
+#: Magnitude of the logits :func:`mask_to_logits` gives well inside (+) and well outside (-) a mask.
+MASK_LOGIT = 10.0
+
+
+def mask_to_logits(
+    mask: Any, image_size: int = 1024, low_res_side: int = 256, logit: float = MASK_LOGIT
+) -> np.ndarray:
+    """A binary mask at the original image's resolution -> the low-res mask logits SAM takes as ``mask_input``.
+
+    SAM's ``mask_input`` is low-res logits [1, 256, 256] in its input frame: the image resized so its longer
+    side is ``image_size`` (1024), padded at the bottom and right to a square, seen at ``low_res_side`` (256)
+    pixels a side. This puts ``mask`` in that frame (bilinear resize with antialiasing, zero padding, then the
+    mean of each low-res pixel's ``image_size / low_res_side`` squared block) and maps the covered fraction f to
+    ``logit * (2 f - 1)``: +logit inside, -logit outside and in the padding, 0 on the mask's edge.
+
+    Args:
+        mask: [H, W] array, bool / integer / float; nonzero (> 0) is the object (0/255 PNGs work as they are).
+        image_size: the model's input side (``sam.image_encoder.img_size``).
+        low_res_side: the side of ``mask_input`` (4 x the image embedding's side).
+        logit: magnitude of the logits away from the edge (> 0).
+
+    Returns:
+        float32 [1, low_res_side, low_res_side], for ``SamPredictor.predict(mask_input=...)``.
+
+    Raises:
+        ValueError: ``mask`` not 2-D, empty, not numeric, or sizes that do not divide.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    arr = np.asarray(mask)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"mask must be a 2-D [H, W] array at the image's resolution, got shape {arr.shape}")
+    if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.number)):
+        raise ValueError(f"mask must be bool or numeric (nonzero = the object), got dtype {arr.dtype}")
+    if low_res_side < 1 or image_size % low_res_side:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of low_res_side ({low_res_side})")
+    if not logit > 0:
+        raise ValueError(f"logit must be > 0, got {logit}")
+    h, w = arr.shape
+    scale = image_size / max(h, w)  # SAM's ResizeLongestSide geometry
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    m = torch.from_numpy(np.ascontiguousarray(arr > 0, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=new_h < h)
+    m = F.pad(m, (0, image_size - new_w, 0, image_size - new_h))
+    frac = F.avg_pool2d(m, image_size // low_res_side).clamp_(0.0, 1.0)
+    return (logit * (2.0 * frac[0] - 1.0)).numpy().astype(np.float32)

@@ -19,6 +19,7 @@ from samsparse.prompts import (
     check_box,
     check_points,
     load_prompt_file,
+    mask_to_logits,
     parse_box,
     parse_point,
     prompts_for_image,
@@ -345,3 +346,46 @@ def test_check_points_and_box(caplog):
         check_box([200, 0, 300, 10], 50, 100)
     with pytest.raises(PromptError, match="4 numbers"):
         check_box([1, 2, 3], 50, 100)
+
+
+# --------------------------------------------------------------------------------------
+# Binary mask -> SAM's low-res mask logits
+# --------------------------------------------------------------------------------------
+
+
+def test_mask_to_logits_puts_the_mask_in_sams_input_frame():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    h, w = 300, 500
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(h, w, 1024)  # SAM's resized image: 614 x 1024
+    full = mask_to_logits(np.ones((h, w), bool))
+    assert full.shape == (1, 256, 256) and full.dtype == np.float32
+    rows = new_h // 4  # low-res rows wholly inside the resized image; the padding below is outside
+    assert (full[0, :rows] == 10).all() and (full[0, -(256 - (new_h + 3) // 4):] == -10).all()
+    assert new_w == 1024 and (full[0, :, -1] > 0)[:rows].all()
+    # a rectangle: +10 well inside, -10 well outside, the sign change on its (scaled) edges
+    m = np.zeros((h, w), np.uint8)
+    m[60:240, 100:300] = 255  # 0/255 as read from a PNG
+    s = 256 / 500
+    lo = mask_to_logits(m)[0]
+    assert lo[int(150 * s), int(200 * s)] == 10 and lo[int(20 * s), int(20 * s)] == -10
+    inside = lo > 0
+    ys, xs = np.nonzero(inside)
+    assert abs(ys.min() - 60 * s) <= 1 and abs(ys.max() + 1 - 240 * s) <= 1
+    assert abs(xs.min() - 100 * s) <= 1 and abs(xs.max() + 1 - 300 * s) <= 1
+    # bool, 0/1 and 0/255 masks agree; the magnitude is a parameter; another frame size
+    assert np.array_equal(mask_to_logits(m > 0)[0], lo) and np.array_equal(mask_to_logits((m > 0).astype(float))[0], lo)
+    assert np.allclose(mask_to_logits(m, logit=4.0)[0], lo * 0.4)
+    assert mask_to_logits(m, image_size=128, low_res_side=32).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("bad, kw, msg", [
+    (np.zeros((1, 10, 10)), {}, "2-D"),
+    (np.zeros((0, 10)), {}, "2-D"),
+    (np.array([["a", "b"]]), {}, "bool or numeric"),
+    (np.zeros((10, 10)), {"image_size": 1000}, "multiple"),
+    (np.zeros((10, 10)), {"logit": 0.0}, "logit"),
+])
+def test_mask_to_logits_rejects_bad_input(bad, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        mask_to_logits(bad, **kw)

@@ -76,6 +76,26 @@ def test_dense_patch_matches_sam_predictor():
     assert np.allclose(s1, s2, atol=ATOL)
 
 
+def test_binary_mask_input_is_taken_as_sams_logits():
+    from samsparse.prompts import mask_to_logits
+
+    ours, ref = _pair()
+    ours.set_image(IMG)
+    ref.set_image(IMG)
+    binary = np.zeros(IMG.shape[:2], np.uint8)
+    binary[20:70, 30:100] = 255
+    side = 4 * ref.model.prompt_encoder.image_embedding_size[0]
+    logits = mask_to_logits(binary, image_size=ref.model.image_encoder.img_size, low_res_side=side)
+    assert logits.shape == (1, side, side)
+    m1, s1, l1 = ours.predict(**PROMPTS[2], mask_input=binary)
+    m2, s2, l2 = ref.predict(**PROMPTS[2], mask_input=logits)
+    _close_masks(m1, m2)
+    assert np.allclose(s1, s2, atol=ATOL) and np.allclose(l1, l2, atol=ATOL)
+    # and it is a prompt: the output differs from the box alone
+    _, s0, l0 = ref.predict(**PROMPTS[2])
+    assert not np.allclose(l0, l2, atol=1e-3)
+
+
 def test_predict_torch_and_batch_match():
     ours, ref = _pair()
     ours.set_image(IMG)
@@ -167,6 +187,8 @@ def test_prompt_input_checks(caplog):
         ours.predict(box=np.array([200, 10, 300, 40]))
     with pytest.raises(ValueError, match="mask_input"):
         ours.predict(box=np.array([1, 2, 30, 40]), mask_input=np.zeros((1, 10, 10)))
+    with pytest.raises(ValueError, match=r"binary mask of the image and must have its size \(90, 120\)"):
+        ours.predict(box=np.array([1, 2, 30, 40]), mask_input=np.zeros((120, 90), bool))
     m_clip, s_clip, _ = ours.predict(box=np.array([-5, 10, 130, 80]))
     m_in, s_in, _ = ours.predict(box=np.array([0, 10, 120, 80]))
     assert "clipped" in caplog.text
