@@ -340,7 +340,7 @@ class SparseSamPredictor(SamPredictor):
                     raise ValueError(f"box must have shape [4] (x0, y0, x1, y1), got {arr.shape}")
                 box = check_box(arr, h, w, "the image").reshape(arr.shape)
         if mask_input is not None:
-            side = 4 * self.model.prompt_encoder.image_embedding_size[0]
+            side = self._low_res_side
             shape = tuple(np.shape(mask_input))
             want_shape = ((None, 1, side, side) if batched else (1, side, side))
             ok = len(shape) == len(want_shape) and all(a is None or a == b for a, b in zip(want_shape, shape))
@@ -387,13 +387,18 @@ class SparseSamPredictor(SamPredictor):
         if mask_input is None or np.ndim(mask_input) != 2:
             return mask_input
         arr = np.asarray(mask_input)
-        if tuple(arr.shape) != tuple(int(v) for v in self.original_size):
+        size = tuple(int(v) for v in self.original_size)
+        if arr.shape != size:
             raise ValueError(
                 f"a 2-D mask_input is taken as a binary mask of the image and must have its size "
-                f"{tuple(int(v) for v in self.original_size)} (H, W), got {arr.shape}; or pass low-res logits [1, 256, 256]"
+                f"{size} (H, W), got {arr.shape}; or pass low-res logits [1, 256, 256]"
             )
-        side = 4 * self.model.prompt_encoder.image_embedding_size[0]
-        return mask_to_logits(arr, image_size=int(self.model.image_encoder.img_size), low_res_side=side)
+        return mask_to_logits(arr, image_size=int(self.model.image_encoder.img_size), low_res_side=self._low_res_side)
+
+    @property
+    def _low_res_side(self) -> int:
+        """Side of the decoder's low-res masks and of ``mask_input``: 4 x the image embedding's side (256)."""
+        return 4 * self.model.prompt_encoder.image_embedding_size[0]
 
     def predict_torch(
         self,

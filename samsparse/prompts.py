@@ -380,9 +380,10 @@ def mask_to_logits(
         raise ValueError(f"image_size ({image_size}) must be a multiple of low_res_side ({low_res_side})")
     if not logit > 0:
         raise ValueError(f"logit must be > 0, got {logit}")
+    from .masks.region import _preprocess_shape  # SAM's ResizeLongestSide geometry
+
     h, w = arr.shape
-    scale = image_size / max(h, w)  # SAM's ResizeLongestSide geometry
-    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    new_h, new_w = _preprocess_shape(h, w, image_size)
     m = torch.from_numpy(np.ascontiguousarray(arr > 0, dtype=np.float32))[None, None]
     m = F.interpolate(m, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=new_h < h)
     m = F.pad(m, (0, image_size - new_w, 0, image_size - new_h))
